@@ -1,0 +1,1 @@
+"""Files `at-rund init` copies into a new home."""

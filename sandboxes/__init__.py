@@ -1,0 +1,1 @@
+"""Isolation backends and runtime executors behind one Executor interface."""
