@@ -86,16 +86,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_runtime_list(args: argparse.Namespace) -> int:
-    from reactor.runtimes import describe_runtimes
+    from reactor.sandboxing import enabled_runtimes
 
     config = _load(args)
-    rows = describe_runtimes(config)
+    rows = enabled_runtimes(config)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([row.model_dump(mode="json") for row in rows]))
         return 0
     for row in rows:
-        state = "available" if row["available"] else f"unavailable ({row['reason']})"
-        print(f"{row['name']:<12} {', '.join(row['mimeTypes']):<60} {state}")
+        state = "available" if row.available else f"unavailable ({row.reason})"
+        print(f"{row.name:<10} {row.source:<10} {', '.join(row.mime_types):<62} {state}")
     return 0
 
 

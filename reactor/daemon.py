@@ -12,9 +12,8 @@ import uvicorn
 
 from reactor import __version__
 from reactor.config import Config
-from reactor.http.app import create_app
-from reactor.keys import RunnerKeys
-from reactor.store import Store
+from reactor.api.app import create_app
+from reactor.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -31,26 +30,18 @@ class Daemon:
     def __init__(self, config: Config, *, dev: bool = False) -> None:
         self.config = config
         self.dev = dev
-        self.store: Store | None = None
-        self.keys: RunnerKeys | None = None
+        self.services: Services | None = None
         self._stopping = asyncio.Event()
         self._server: _Server | None = None
 
     async def health(self) -> dict[str, Any]:
-        store_ok = False
-        if self.store is not None:
-            try:
-                await self.store.schema_version()
-                store_ok = True
-            except Exception:  # noqa: BLE001 - a broken store is exactly what health reports
-                store_ok = False
-        return {
-            "ok": store_ok and not self._stopping.is_set(),
-            "version": __version__,
-            "did": self.config.did,
-            "store": "ok" if store_ok else "unavailable",
-            "stopping": self._stopping.is_set(),
-        }
+        report: dict[str, Any] = {"version": __version__, "did": self.config.did,
+                                  "stopping": self._stopping.is_set()}
+        if self.services is None:
+            return {**report, "ok": False, "store": "unavailable"}
+        report.update(await self.services.health())
+        report["ok"] = report["store"] == "ok" and not self._stopping.is_set()
+        return report
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -61,9 +52,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        self.keys = RunnerKeys.load(self.config.keys_dir)
-        self.store = await Store.open(self.config.store_path)
+        self.services = services = await Services.open(self.config, dev=self.dev)
         try:
+            await services.start()
             app = create_app(self.health)
             self._server = _Server(
                 uvicorn.Config(app, host=self.config.host, port=self.config.port, log_config=None,
@@ -79,7 +70,7 @@ class Daemon:
             self._server.should_exit = True
             await serve
         finally:
-            await self.store.close()
+            await services.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             log.info("daemon.stopped")

@@ -1,0 +1,96 @@
+"""DID → handle, PDS and #atproto signing key, cached in the store with a TTL.
+
+Signature checks need the key of every repo we act on, so lookups are cached
+in memory too; `#identity` events and failed signature checks force a refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from atproto_identity.resolver import AsyncIdResolver
+
+from reactor.store import Store, identities
+from reactor.store.identities import Identity
+
+log = structlog.get_logger(__name__)
+
+
+class IdentityError(Exception):
+    """The DID could not be resolved to a usable ATProto identity."""
+
+
+class IdentityResolver:
+    def __init__(self, store: Store, plc_url: str, *, ttl_s: float = 3600.0, timeout_s: float = 10.0) -> None:
+        self._store = store
+        self._resolver = AsyncIdResolver(plc_url=plc_url.rstrip("/"), timeout=timeout_s)
+        self._ttl_s = ttl_s
+        self._memory: dict[str, Identity] = {}
+        self._inflight: dict[str, asyncio.Future[Identity]] = {}
+
+    async def resolve(self, did: str, *, force: bool = False) -> Identity:
+        """A fresh-enough identity; concurrent lookups of one DID share one network call."""
+        if not force:
+            cached = self._memory.get(did)
+            if cached is None:
+                async with self._store.read() as conn:
+                    cached = await identities.get(conn, did)
+            if cached is not None and cached.signing_key and identities.is_fresh(cached, self._ttl_s):
+                self._memory[did] = cached
+                return cached
+        pending = self._inflight.get(did)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
+        self._inflight[did] = future
+        try:
+            identity = await self._fetch(did)
+            future.set_result(identity)
+            return identity
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[did]
+
+    async def _fetch(self, did: str) -> Identity:
+        if not did.startswith(("did:plc:", "did:web:")):
+            raise IdentityError(f"{did!r}: unsupported DID method")
+        try:
+            data = await self._resolver.did.resolve_atproto_data(did, force_refresh=True)
+        except Exception as error:  # noqa: BLE001 - the SDK raises many kinds; all mean "unresolvable"
+            raise IdentityError(f"{did}: cannot resolve DID document: {error}") from None
+        if not data.signing_key or not data.pds:
+            raise IdentityError(f"{did}: DID document has no #atproto signing key or PDS endpoint")
+        async with self._store.transaction() as conn:
+            previous = await identities.get(conn, did)
+            identity = Identity(
+                did=did, handle=data.handle, pds=data.pds.rstrip("/"), signing_key=data.signing_key,
+                status=previous.status if previous else "active", fetched_at=time.time(),
+            )
+            await identities.put(conn, identity)
+        self._memory[did] = identity
+        log.debug("identity.resolved", did=did, handle=identity.handle, pds=identity.pds)
+        return identity
+
+    async def forget(self, did: str) -> None:
+        """An #identity event: the next lookup goes to the network."""
+        self._memory.pop(did, None)
+        async with self._store.transaction() as conn:
+            await identities.expire(conn, did)
+
+    async def set_status(self, did: str, status: str) -> None:
+        self._memory.pop(did, None)
+        async with self._store.transaction() as conn:
+            await identities.set_status(conn, did, status)
+
+    async def status(self, did: str) -> str:
+        cached = self._memory.get(did)
+        if cached is not None:
+            return cached.status
+        async with self._store.read() as conn:
+            stored = await identities.get(conn, did)
+        return stored.status if stored else "active"
