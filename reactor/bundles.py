@@ -22,8 +22,13 @@ from reactor.identity import IdentityError, IdentityResolver
 from reactor.records import Bundle
 from reactor.store import Store, bundles
 from reactor.store.bundles import CachedBundle
-from reactor.sync.cid import cid_bytes, cid_for_raw
+from reactor.records import ipld_to_json
+from reactor.sync.car import read_car
+from reactor.sync.cid import cid_bytes, cid_for_raw, cid_str
 from reactor.sync.errors import SyncError
+from reactor.sync.keys import parse_did_key
+from reactor.sync.mst import MST
+from reactor.sync.verify import load_commit
 from reactor.xrpc import XrpcClient, XrpcError
 
 log = structlog.get_logger(__name__)
@@ -149,6 +154,53 @@ class BundleCache:
         path = await asyncio.to_thread(self._materialise, cached.code_cid, mime_type, blob[1])
         return ReadyBundle(cached=cached, manifest=manifest, code_path=path, mime_type=mime_type)
 
+    async def ready_or_fetch(self, uri: str, cid: str | None) -> ReadyBundle:
+        """The bundle at `uri` (at version `cid` if given), fetching and verifying it on a cache miss."""
+        ready = await self.ready(uri, cid)
+        if ready is not None:
+            return ready
+        author, collection, rkey = _split_uri(uri)
+        if collection != "dev.atrun.bundle":
+            raise BundleError("not_a_bundle", f"{uri} is not a dev.atrun.bundle record")
+        record_cid, record = await self._fetch_record(author, collection, rkey)
+        if cid is not None and record_cid != cid:
+            raise BundleError("cid_mismatch", f"bundle {uri} is at version {record_cid}, not the requested {cid}")
+        fetched = await self.fetch(uri=uri, cid=record_cid, author=author, record=record)
+        async with self._store.transaction() as conn:
+            await self.save(conn, fetched)
+        ready = await self.ready(uri, record_cid)
+        if ready is None:
+            raise BundleError("not_found", f"bundle {uri} vanished from the cache")
+        return ready
+
+    async def _fetch_record(self, did: str, collection: str, rkey: str) -> tuple[str, dict[str, Any]]:
+        """A record with its signed inclusion proof (`sync.getRecord`), checked against the DID's key."""
+        try:
+            identity = await self._identity.resolve(did)
+            car_bytes = await self._xrpc.get_record_proof(identity.pds or "", did, collection, rkey)
+        except IdentityError as error:
+            raise BundleError("not_found", str(error)) from None
+        except XrpcError as error:
+            reason = "not_found" if error.status in (400, 404) else "unavailable"
+            raise BundleError(reason, f"cannot fetch {collection}/{rkey} of {did}: {error}") from None
+        try:
+            car = read_car(car_bytes)
+            if not car.roots:
+                raise BundleError("bad_proof", "record proof has no root")
+            commit = load_commit(car, car.roots[0])
+            key = parse_did_key(identity.signing_key or "")
+            if commit.did != did or not key.verify(commit.unsigned, commit.sig):
+                raise BundleError("bad_proof", f"record proof for {did} is not signed by its key")
+            record_cid = MST.load(commit.data, car.get).get(f"{collection}/{rkey}".encode())
+            if record_cid is None:
+                raise BundleError("not_found", f"no {collection}/{rkey} in {did}'s repo")
+            record = car.get_cbor(record_cid)
+        except SyncError as error:
+            raise BundleError("bad_proof", f"record proof rejected: {error}") from None
+        if not isinstance(record, dict):
+            raise BundleError("bad_proof", "record is not an object")
+        return cid_str(record_cid), ipld_to_json(record)
+
     def _materialise(self, code_cid: str, mime_type: str, data: bytes) -> Path:
         """Content-addressed code file, world-readable so an unprivileged sandbox user can load it."""
         path = self._code_dir / code_cid / ("bundle" + CODE_SUFFIX.get(mime_type, ".bin"))
@@ -162,3 +214,10 @@ class BundleCache:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return path
+
+
+def _split_uri(uri: str) -> tuple[str, str, str]:
+    parts = uri.removeprefix("at://").split("/")
+    if not uri.startswith("at://") or len(parts) != 3 or not all(parts):
+        raise BundleError("bad_uri", f"{uri!r} is not an at://did/collection/rkey URI")
+    return parts[0], parts[1], parts[2]

@@ -91,6 +91,14 @@ class XrpcClient:
         )
         return body
 
+    async def get_record_proof(self, service: str, did: str, collection: str, rkey: str,
+                               *, limit: int = 2 * 1024 * 1024) -> bytes:
+        _, body = await self._bytes(
+            "GET", f"{service.rstrip('/')}/xrpc/com.atproto.sync.getRecord", limit,
+            params={"did": did, "collection": collection, "rkey": rkey},
+        )
+        return body
+
     async def list_records(self, service: str, repo: str, collection: str,
                            *, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None

@@ -8,6 +8,7 @@ together, so a crash either keeps all of an event's effects or none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -35,11 +36,13 @@ class Applier:
         self._store = store
         self._bundles = bundles
         self._intake = intake
+        self.on_queued: Callable[[], None] | None = None
 
     async def apply(self, did: str, rev: str | None, verified: list[VerifiedRecord] | tuple[VerifiedRecord, ...],
                     *, cursor: Cursor | None = None) -> None:
         records = [_json_form(rec) for rec in verified]
         fetched: dict[str, FetchedBundle] = {}
+        queued = False
         for rec in records:
             if rec.collection == BUNDLE and rec.action != "delete" and rec.record is not None and rec.cid:
                 uri = _uri(did, rec)
@@ -59,11 +62,14 @@ class Applier:
                 elif rec.collection == INVOCATION and rec.action == "create" and rec.cid:
                     outcome = await self._intake.accept(conn, author=did, uri=uri, cid=rec.cid, record=rec.record)
                     metrics.invocations_intake.labels(outcome=outcome.kind).inc()
+                    queued = queued or outcome.kind == "queued"
                 metrics.events_processed.labels(collection=rec.collection, action=rec.action).inc()
             if rev is not None:
                 await repos.set_rev(conn, did, rev)
             if cursor is not None:
                 await cursors.put(conn, cursor.source, cursor.seq)
+        if queued and self.on_queued is not None:
+            self.on_queued()
         for bundle in fetched.values():
             log.info("bundle.cached", uri=bundle.uri, cid=bundle.cid, code=bundle.code_cid)
             await self._bundles.saved(bundle)

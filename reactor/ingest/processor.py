@@ -164,7 +164,10 @@ class EventProcessor:
         except SyncError as error:
             if error.reason != "bad_signature":
                 raise
-        key = await self._key(event.repo, force=True)
+            try:
+                key = await self._key(event.repo, force=True)
+            except IdentityError:
+                raise error from None
         return verify_commit(event, key, self._filter.collections)
 
     async def _key(self, did: str, *, force: bool) -> PublicKey:

@@ -165,6 +165,8 @@ def invert_ops(tree: MST, ops: Iterable[RepoOp]) -> bytes:
         if op.path in seen:
             raise VerifyError("bad_op", f"duplicate op path {op.path[:80]!r}")
         seen.add(op.path)
+        if (op.cid is None) != (op.action == "delete") or (op.prev is None) != (op.action == "create"):
+            raise VerifyError("bad_op", f"{op.action} of {op.path[:80]!r} lacks cid/prev")
         key = op.path.encode()
         if op.action == "create":
             found = tree.delete(key)
@@ -233,8 +235,6 @@ def verify_commit(
     if invert and _invertible(event):
         for op in event.ops:
             _split_path(op.path)
-            if (op.cid is None) != (op.action == "delete"):
-                raise VerifyError("bad_op", f"{op.action} with{'out' if op.cid is None else ''} cid")
         if invert_ops(tree, event.ops) != event.prev_data:
             raise MstError("prev_data_mismatch", "inverting ops does not yield prevData")
         inverted = True

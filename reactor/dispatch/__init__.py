@@ -1,0 +1,1 @@
+"""Dispatch: run queued invocations through the Executor and queue their signed results."""
