@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_sub.required = True
     runtime_list = add("list", cmd_runtime_list, "list runtimes and whether each is available here", runtime_sub)
     runtime_list.add_argument("--json", action="store_true")
+    from reactor.author_cli import add_author_commands
+
+    add_author_commands(sub, common)
     return parser
 
 

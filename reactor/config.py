@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "AT_RUND_"
+# AT_RUND_ variables that are not config keys.
+RESERVED_ENV = {"AT_RUND_CONFIG", "AT_RUND_AUTHOR_PASSWORD"}
 DEFAULT_HOME = Path("~/.at-rund")
 
 Isolation = Literal["auto", "none", "bwrap", "container", "gvisor", "microvm", "wasm"]
@@ -82,6 +84,28 @@ class PoolConfig(_Section):
     max_per_bundle: int = Field(4, ge=1)
 
 
+class QuotaConfig(_Section):
+    concurrent: int = Field(4, ge=1)
+    per_minute: int = Field(600, ge=1)
+
+
+class QuotasConfig(QuotaConfig):
+    """Global per-DID quotas, with overrides for named DIDs."""
+
+    per_did: dict[str, QuotaConfig] = Field(default_factory=dict)
+
+
+class HttpConfig(_Section):
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_headers: int = Field(64, ge=8)
+
+
+class DispatchConfig(_Section):
+    concurrency: int = Field(8, ge=1)
+    per_author: int = Field(2, ge=1)
+    max_attempts: int = Field(3, ge=1)
+
+
 class StoreConfig(_Section):
     path: Path | None = None
 
@@ -105,6 +129,9 @@ class Config(_Section):
     atproto: AtprotoConfig = Field(default_factory=AtprotoConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    quotas: QuotasConfig = Field(default_factory=QuotasConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
@@ -153,7 +180,7 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """`AT_RUND_ACCESS__MODE=open` -> {"access": {"mode": "open"}}."""
     tree: dict[str, Any] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
         if not path:

@@ -55,7 +55,7 @@ class Daemon:
         self.services = services = await Services.open(self.config, dev=self.dev)
         try:
             await services.start()
-            app = create_app(self.health)
+            app = create_app(services.api_context(self.health))
             self._server = _Server(
                 uvicorn.Config(app, host=self.config.host, port=self.config.port, log_config=None,
                                access_log=False, lifespan="off")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
+
 import structlog
 from atproto_identity.resolver import AsyncIdResolver
 
@@ -23,8 +25,11 @@ class IdentityError(Exception):
 
 
 class IdentityResolver:
-    def __init__(self, store: Store, plc_url: str, *, ttl_s: float = 3600.0, timeout_s: float = 10.0) -> None:
+    def __init__(self, store: Store, plc_url: str, *, ttl_s: float = 3600.0, timeout_s: float = 10.0,
+                 handle_services: list[str] | None = None) -> None:
         self._store = store
+        self._handle_services = [s.rstrip("/") for s in handle_services or [] if s.startswith("http")]
+        self._handles: dict[str, tuple[str, float]] = {}
         self._resolver = AsyncIdResolver(plc_url=plc_url.rstrip("/"), timeout=timeout_s)
         self._ttl_s = ttl_s
         self._memory: dict[str, Identity] = {}
@@ -75,6 +80,44 @@ class IdentityResolver:
         self._memory[did] = identity
         log.debug("identity.resolved", did=did, handle=identity.handle, pds=identity.pds)
         return identity
+
+    async def resolve_handle(self, handle: str) -> str:
+        """Handle → DID, confirmed both ways (the DID document must claim the handle back)."""
+        handle = handle.lower().removeprefix("@")
+        cached = self._handles.get(handle)
+        if cached and time.time() - cached[1] < self._ttl_s:
+            return cached[0]
+        did = await self._handle_to_did(handle)
+        if did is None:
+            raise IdentityError(f"handle {handle!r} does not resolve")
+        identity = await self.resolve(did)
+        if (identity.handle or "").lower() != handle:
+            identity = await self.resolve(did, force=True)
+            if (identity.handle or "").lower() != handle:
+                raise IdentityError(f"{did} does not claim the handle {handle!r}")
+        self._handles[handle] = (did, time.time())
+        return did
+
+    async def _handle_to_did(self, handle: str) -> str | None:
+        try:
+            did = await self._resolver.handle.resolve(handle)
+        except Exception:  # noqa: BLE001 - DNS/HTTPS failures just mean "try the next way"
+            did = None
+        if did:
+            return did
+        # Handles on a private PDS (and every handle in tests) resolve through that PDS.
+        async with httpx.AsyncClient(timeout=5) as http:
+            for service in self._handle_services:
+                try:
+                    response = await http.get(f"{service}/xrpc/com.atproto.identity.resolveHandle",
+                                              params={"handle": handle})
+                    if response.status_code == 200:
+                        value = response.json().get("did")
+                        if isinstance(value, str) and value.startswith("did:"):
+                            return value
+                except (httpx.HTTPError, ValueError):
+                    continue
+        return None
 
     async def forget(self, did: str) -> None:
         """An #identity event: the next lookup goes to the network."""

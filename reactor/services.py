@@ -11,15 +11,29 @@ from typing import Any
 
 import structlog
 
+import asyncio
+
+from sandboxes import Executor, create_executor
+
+from reactor import __version__
 from reactor.access import AccessPolicy
-from reactor.bundles import BundleCache
+from reactor.api.auth import ServiceAuth
+from reactor.api.context import ApiContext
+from reactor.api.quotas import QuotaLimits, Quotas
+from reactor.bundles import BundleCache, ReadyBundle
 from reactor.config import Config
+from reactor.declaration import build_declaration, publish
+from reactor.dispatch.dispatcher import Dispatcher
+from reactor.dispatch.execute import CallRunner
 from reactor.identity import IdentityResolver
 from reactor.ingest.apply import Applier
 from reactor.ingest.service import Ingestion
 from reactor.intake import Intake
 from reactor.keys import RunnerKeys
+from reactor.outbox_drain import OutboxDrain
+from reactor.sandboxing import enabled_runtimes, sandbox_settings
 from reactor.store import Store
+from reactor.writers import GrantWriter, RunnerRepoWriter
 from reactor.xrpc import XrpcClient
 
 log = structlog.get_logger(__name__)
@@ -39,7 +53,12 @@ class Services:
     intake: Intake
     ingestion: Ingestion
     policy: AccessPolicy
-    extras: dict[str, Any] = field(default_factory=dict)
+    executor: Executor
+    calls: CallRunner
+    dispatcher: Dispatcher
+    outbox: OutboxDrain
+    runner_writer: RunnerRepoWriter | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def runner_did(self) -> str:
@@ -57,7 +76,8 @@ class Services:
         keys = RunnerKeys.load(config.keys_dir)
         store = await Store.open(config.store_path)
         xrpc = XrpcClient()
-        identity = IdentityResolver(store, config.atproto.plc_url)
+        handle_services = [u for u in (config.atproto.pds_url, config.atproto.firehose) if u]
+        identity = IdentityResolver(store, config.atproto.plc_url, handle_services=handle_services)
         bundles = BundleCache(store, identity, xrpc, code_dir=config.bundles_dir,
                               max_blob_bytes=config.limits.max_blob_bytes)
         policy = AccessPolicy.from_config(config.access)
@@ -69,16 +89,83 @@ class Services:
         applier = Applier(store, bundles, intake)
         follow = config.atproto.follow if isinstance(config.atproto.follow, list) else []
         ingestion = Ingestion(store, identity, xrpc, applier, firehose=config.atproto.firehose, follow=follow)
+        executor = create_executor(sandbox_settings(config, dev=dev))
+        runner_did = config.did or NO_RUNNER_DID
+        calls = CallRunner(bundles, executor, keys, runner_did, lambda: holder["s"].policy, config.limits)
+        runner_writer = RunnerRepoWriter.from_config(config, xrpc, keys)
+        drain = OutboxDrain(store, GrantWriter(xrpc, identity, keys, runner_did), runner_writer)
+        dispatcher = Dispatcher(store, calls, keys, runner_did, max_output_bytes=config.limits.output_bytes,
+                                global_limit=config.dispatch.concurrency, per_author_limit=config.dispatch.per_author,
+                                max_attempts=config.dispatch.max_attempts, on_result=drain.kick)
+        applier.on_queued = dispatcher.kick
         services = cls(config=config, dev=dev, store=store, keys=keys, xrpc=xrpc, identity=identity,
-                       bundles=bundles, intake=intake, ingestion=ingestion, policy=policy)
+                       bundles=bundles, intake=intake, ingestion=ingestion, policy=policy, executor=executor,
+                       calls=calls, dispatcher=dispatcher, outbox=drain, runner_writer=runner_writer)
+        bundles.prewarm = services._prewarm
         holder["s"] = services
         return services
 
-    async def start(self) -> None:
-        await self.ingestion.start()
+    async def _prewarm(self, bundle: ReadyBundle) -> None:
+        await self.calls.warm(bundle)
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        for name, job in (("dispatcher", self.dispatcher.run()), ("outbox", self.outbox.run())):
+            self.tasks.append(asyncio.create_task(job, name=name))
+        await self.ingestion.start()
+        self.tasks.append(asyncio.create_task(self.declare(), name="declare"))
+
+    async def declare(self) -> None:
+        """Publish dev.atrun.runner/self when the runner account is configured (and it changed)."""
+        if self.runner_writer is None:
+            log.info("runner.declaration_skipped", reason="no [atproto] pds_url/identifier/password")
+            return
+        record = build_declaration(self.config, self.keys, self.runtime_mime_types(), [],
+                                   isolation=self.executor.backend)
+        try:
+            changed = await publish(self.runner_writer, record)
+            log.info("runner.declared", changed=changed)
+        except Exception as error:  # noqa: BLE001 - the runner works without it; say why
+            log.warning("runner.declaration_failed", error=str(error))
+
+    def runtime_mime_types(self) -> list[str]:
+        rows = enabled_runtimes(self.config, dev=self.dev)
+        return sorted({mime for row in rows if row.available for mime in row.mime_types})
+
+    def describe(self) -> dict[str, Any]:
+        limits = self.config.limits
+        return {
+            "did": self.runner_did,
+            "endpoint": self.config.public_url or f"http://{self.config.host}:{self.config.port}",
+            "runtimes": self.runtime_mime_types(),
+            "isolation": self.executor.backend,
+            "sandboxClasses": [],
+            "access": self.policy.mode,
+            "encryptionKey": self.keys.encryption_did_key,
+            "signingKey": self.keys.signing_did_key,
+            "limits": {"memoryMb": limits.max_memory_mb, "timeoutMs": limits.max_timeout_ms,
+                       "pids": limits.max_pids, "outputBytes": limits.max_output_bytes},
+            "version": __version__,
+        }
+
+    def api_context(self, health: Any) -> ApiContext:
+        quotas = self.config.quotas
+        return ApiContext(
+            config=self.config, runner_did=self.runner_did, identity=self.identity, calls=self.calls,
+            auth=ServiceAuth(self.identity, self.runner_did),
+            quotas=Quotas(QuotaLimits(quotas.concurrent, quotas.per_minute),
+                          {did: QuotaLimits(q.concurrent, q.per_minute) for did, q in quotas.per_did.items()}),
+            health=health, describe=self.describe,
+        )
+
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        """Stop intake first, let running work finish, then take the rest down."""
         await self.ingestion.stop()
+        await self.dispatcher.stop(drain_timeout)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.executor.drain(drain_timeout)
+        await self.executor.shutdown()
         await self.xrpc.aclose()
         await self.store.close()
 

@@ -6,6 +6,7 @@ errors become `XrpcError` with the server's `{error, message}` when it sent one.
 
 from __future__ import annotations
 
+import json
 from typing import Any, AsyncIterator
 
 import httpx
@@ -31,9 +32,10 @@ def _raise_for(response: httpx.Response, body: bytes) -> None:
         return
     error, message = "XrpcError", ""
     try:
-        payload = httpx.Response(200, content=body).json()
-        error = str(payload.get("error") or error)
-        message = str(payload.get("message") or "")
+        payload = json.loads(body)
+        if isinstance(payload, dict):
+            error = str(payload.get("error") or error)[:100]
+            message = str(payload.get("message") or "")[:500]
     except ValueError:
         message = body[:200].decode("utf-8", "replace")
     raise XrpcError(response.status_code, error, message)
@@ -71,13 +73,13 @@ class XrpcClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         response, body = await self._bytes("GET", f"{service.rstrip('/')}/xrpc/{nsid}", self._max_json,
                                            params=_clean(params), headers=headers)
-        return response.json() if body else None
+        return _json(body, nsid)
 
     async def procedure(self, service: str, nsid: str, body: Any = None, *, token: str | None = None) -> Any:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         response, raw = await self._bytes("POST", f"{service.rstrip('/')}/xrpc/{nsid}", self._max_json,
                                           json=body, headers=headers)
-        return httpx.Response(200, content=raw).json() if raw else None
+        return _json(raw, nsid)
 
     async def get_blob(self, service: str, did: str, cid: str, *, limit: int) -> tuple[str, bytes]:
         response, body = await self._bytes(
@@ -111,6 +113,15 @@ class XrpcClient:
             cursor = page.get("cursor") if isinstance(page, dict) else None
             if not cursor or not records:
                 return
+
+
+def _json(body: bytes, nsid: str) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise XrpcError(502, "BadResponse", f"{nsid} returned invalid JSON") from None
 
 
 def _clean(params: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -56,7 +56,8 @@ async def test_invocation_queued_once_across_reconnect_and_restart(atnet: TestNe
                 return await invocations.get(conn, inv_uri)
 
         inv = await eventually(queued, what="invocation queued")
-        assert inv.state == "queued" and inv.args == {"name": "bob"} and inv.endpoint == "hello"
+        assert inv.state in ("queued", "running", "done") and inv.endpoint == "hello"
+        assert inv.args == {"name": "bob"} and inv.author == alice.did
         assert inv.bundle_uri == bundle[0] and inv.bundle_cid == bundle[1]
         # The foreign invocation came after ours on the same stream: once ours is in, wait for the cursor.
         await services.ingestion.processor.flush(atnet.pds_url)
@@ -84,7 +85,7 @@ async def test_invocation_queued_once_across_reconnect_and_restart(atnet: TestNe
             counts = await invocations.count_by_state(conn)
             assert await invocations.get(conn, foreign_uri) is None
             cursor = await cursors.get(conn, atnet.pds_url)
-        assert counts["queued"] == 2  # the first invocation and the marker, each once
+        assert sum(counts.values()) == 2  # the first invocation and the marker, each once
         assert cursor and cursor > 0
     finally:
         await services.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandboxes import DefaultLimits, ExecResponse, Executor, SandboxSettings, create_executor
+from sandboxes import DefaultLimits, ExecResponse, Executor, Isolation, SandboxSettings, create_executor
 from tests.test_sandbox_helpers import FULL, KEY_TEXT, Loopback, State, backend_params, call, make_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -22,24 +22,24 @@ export async function hello(args, ctx) { return { hello: args?.name ?? "world" }
 
 
 @pytest.fixture(scope="module", params=backend_params())
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest) -> Isolation:
     return request.param
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory, backend: str) -> State:
+def state(tmp_path_factory: pytest.TempPathFactory, backend: Isolation) -> State:
     return make_state(tmp_path_factory.mktemp(f"state-{backend}"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def executor(backend: str, state: State) -> AsyncIterator[Executor]:
+async def executor(backend: Isolation, state: State) -> AsyncIterator[Executor]:
     limits = DefaultLimits(memory_mb=128, pids=32, output_bytes=64 * 1024, timeout_s=5)
     ex = create_executor(SandboxSettings(state_dir=state.root, isolation=backend, limits=limits))
     yield ex
     await ex.shutdown()
 
 
-def py_perms(backend: str) -> dict[str, list[str]]:
+def py_perms(backend: Isolation) -> dict[str, list[str]]:
     """Python enforces nothing: on `none` only a bundle asking for everything may run (no dev mode)."""
     return FULL if backend == "none" else {}
 
@@ -89,7 +89,7 @@ async def test_hello_and_http(executor: Executor, state: State) -> None:
     assert set(wire["metrics"]) == {"executionTimeMs", "coldStart"}
 
 
-async def test_python_bundle_contract(executor: Executor, state: State, backend: str) -> None:
+async def test_python_bundle_contract(executor: Executor, state: State, backend: Isolation) -> None:
     path = state.bundle("pyhello", "main.py", """
         import asyncio
         from at_run import Response
@@ -101,7 +101,8 @@ async def test_python_bundle_contract(executor: Executor, state: State, backend:
             await asyncio.sleep(0)
             return Response(202, {"x-py": "1"}, ctx.request.text().upper())
     """)
-    response = await executor.execute(call(path, "hello", {"name": "py"}, env={"TOKEN": "t"}, permissions=py_perms(backend)))
+    perms = py_perms(backend)
+    response = await executor.execute(call(path, "hello", {"name": "py"}, env={"TOKEN": "t"}, permissions=perms))
     assert response.success, response.error
     assert response.data == {"hello": "py", "secret": "t"}
     page = await executor.execute(
@@ -112,7 +113,7 @@ async def test_python_bundle_contract(executor: Executor, state: State, backend:
 
 
 @pytest.mark.parametrize("lang", ["deno", "python"])
-async def test_infinite_loop_times_out(executor: Executor, state: State, backend: str, lang: str) -> None:
+async def test_infinite_loop_times_out(executor: Executor, state: State, backend: Isolation, lang: str) -> None:
     if lang == "deno":
         path = state.bundle("spin", "main.ts", "export function spin() { for (;;) {} }")
         request = call(path, "spin", timeout=1)
@@ -129,7 +130,7 @@ async def test_infinite_loop_times_out(executor: Executor, state: State, backend
 
 
 @pytest.mark.parametrize("lang", ["deno", "python"])
-async def test_memory_bomb_is_stopped(executor: Executor, state: State, backend: str, lang: str) -> None:
+async def test_memory_bomb_is_stopped(executor: Executor, state: State, backend: Isolation, lang: str) -> None:
     if lang == "deno":  # ArrayBuffers live outside the V8 heap: only the cgroup stops this
         path = state.bundle("membomb", "main.ts", """
             export function bomb() { const keep = []; for (;;) keep.push(new Uint8Array(8 << 20).fill(1)); }
@@ -149,7 +150,7 @@ async def test_memory_bomb_is_stopped(executor: Executor, state: State, backend:
     await assert_serves(executor, state)
 
 
-async def test_python_fork_bomb_is_refused(executor: Executor, state: State, backend: str) -> None:
+async def test_python_fork_bomb_is_refused(executor: Executor, state: State, backend: Isolation) -> None:
     path = state.bundle("forkbomb", "main.py", """
         import os
 
@@ -178,7 +179,8 @@ async def test_deno_reads_are_denied(executor: Executor, state: State) -> None:
     path = state.bundle("reader", "main.ts", """
         export async function read(args) { return await Deno.readTextFile(args.path); }
     """)
-    for target, leak in (("/etc/shadow", "root:"), (str(state.key_file), KEY_TEXT), (str(other), "VICTIM-BUNDLE-SECRET")):
+    targets = (("/etc/shadow", "root:"), (str(state.key_file), KEY_TEXT), (str(other), "VICTIM-BUNDLE-SECRET"))
+    for target, leak in targets:
         assert_failed(await executor.execute(call(path, "read", {"path": target})), "denied", leak=leak)
     own = await executor.execute(call(path, "read", {"path": str(path)}))
     assert own.success and "readTextFile" in own.data  # its own code stays readable
@@ -205,17 +207,19 @@ async def test_state_dir_cannot_be_granted(executor: Executor, state: State) -> 
     assert_failed(response, "denied")
 
 
-async def test_python_reads_fail_under_isolation(executor: Executor, state: State, backend: str) -> None:
+async def test_python_reads_fail_under_isolation(executor: Executor, state: State, backend: Isolation) -> None:
     if backend == "none":
         pytest.skip("none does not contain Python: it only runs Python bundles that asked for full access")
     other = state.bundle("pyvictim", "main.py", "SECRET = 'VICTIM-BUNDLE-SECRET'\n")
     path = state.bundle("pyreader", "main.py", "def read(args, ctx):\n    return open(args['path']).read()\n")
-    for target, leak in (("/etc/shadow", "root:"), (str(state.key_file), KEY_TEXT), (str(other), "VICTIM-BUNDLE-SECRET")):
+    targets = (("/etc/shadow", "root:"), (str(state.key_file), KEY_TEXT), (str(other), "VICTIM-BUNDLE-SECRET"))
+    for target, leak in targets:
         response = await executor.execute(call(path, "read", {"path": target}))
-        assert not response.success and KEY_TEXT not in response.model_dump_json() and leak not in (response.error or "")
+        assert not response.success, response
+        assert KEY_TEXT not in response.model_dump_json() and leak not in (response.error or "")
 
 
-async def test_net_only_to_allowed_hosts(executor: Executor, state: State, backend: str) -> None:
+async def test_net_only_to_allowed_hosts(executor: Executor, state: State, backend: Isolation) -> None:
     path = state.bundle("fetcher", "main.ts", """
         export async function get(args) { const r = await fetch(args.url); return await r.text(); }
     """)
@@ -224,7 +228,8 @@ async def test_net_only_to_allowed_hosts(executor: Executor, state: State, backe
         ok = await executor.execute(call(path, "get", {"url": f"http://127.0.0.1:{allowed.port}/"}, permissions=perms))
         assert ok.success, ok.error
         assert ok.data == "from-A"
-        denied = await executor.execute(call(path, "get", {"url": f"http://127.0.0.1:{other.port}/"}, permissions=perms))
+        url_b = f"http://127.0.0.1:{other.port}/"
+        denied = await executor.execute(call(path, "get", {"url": url_b}, permissions=perms))
         assert_failed(denied, "denied", leak="from-B")
         none = await executor.execute(call(path, "get", {"url": f"http://127.0.0.1:{allowed.port}/"}))
         assert_failed(none, "denied", leak="from-A")
@@ -242,7 +247,7 @@ async def test_net_only_to_allowed_hosts(executor: Executor, state: State, backe
 
 
 async def test_env_holds_only_own_secrets(
-    executor: Executor, state: State, backend: str, monkeypatch: pytest.MonkeyPatch
+    executor: Executor, state: State, backend: Isolation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AT_RUND_CANARY", "runner-env-leak")
     source = """
@@ -270,7 +275,7 @@ async def test_env_holds_only_own_secrets(
     assert_failed(reserved, "invalid")
 
 
-async def test_output_over_cap_is_cut(executor: Executor, state: State, backend: str) -> None:
+async def test_output_over_cap_is_cut(executor: Executor, state: State, backend: Isolation) -> None:
     path = state.bundle("big", "main.ts", """
         export function big(args) { return "x".repeat(args.n); }
         export function noisy() { for (let i = 0; i < 8; i++) console.log("y".repeat(1 << 20)); return "quiet"; }
@@ -295,7 +300,7 @@ async def test_output_over_cap_is_cut(executor: Executor, state: State, backend:
     await assert_serves(executor, state)
 
 
-async def test_python_refused_on_none_without_full_access(executor: Executor, state: State, backend: str) -> None:
+async def test_python_refused_on_none_without_full_access(executor: Executor, state: State, backend: Isolation) -> None:
     path = state.bundle("pyplain", "main.py", "def hello(args, ctx):\n    return 1\n")
     response = await executor.execute(call(path, "hello"))
     if backend == "none":
@@ -315,3 +320,25 @@ async def test_bad_requests_are_invalid(executor: Executor, state: State, tmp_pa
     assert_failed(await executor.execute(gone), "invalid")
     results = await asyncio.gather(*(executor.execute(call(path, "hello", {"name": str(i)})) for i in range(6)))
     assert [r.data["hello"] for r in results] == [str(i) for i in range(6)]
+
+
+@pytest.mark.parametrize("spares", [0, 1])
+async def test_rlimits_apply_with_and_without_spares(state: State, backend: Isolation, spares: int) -> None:
+    from sandboxes import PoolSettings
+
+    path = state.bundle("rlimits", "main.py", """
+        import resource as r
+
+        def limits(args, ctx):
+            return [r.getrlimit(x)[0] for x in (r.RLIMIT_CORE, r.RLIMIT_NOFILE, r.RLIMIT_FSIZE)]
+    """)
+    settings = SandboxSettings(state_dir=state.root, isolation=backend, pool=PoolSettings(spares=spares))
+    ex = create_executor(settings)
+    try:
+        await ex.start()
+        assert (await ex.stats())["spares"] == spares
+        response = await ex.execute(call(path, "limits", permissions=py_perms(backend)))
+        assert response.success, response.error
+        assert response.data == [0, 1024, 1 << 30]
+    finally:
+        await ex.shutdown()

@@ -65,7 +65,7 @@ def call(code_path: Path, endpoint: str, args: Any = None, **fields: Any) -> Exe
     if isinstance(fields.get("permissions"), dict):
         fields["permissions"] = Permissions(**fields["permissions"])
     fields.setdefault("mimeType", MIME.get(code_path.suffix, "application/octet-stream"))
-    return ExecRequest(codePath=str(code_path), endpoint=endpoint, args=args, **fields)
+    return ExecRequest(code_path=str(code_path), endpoint=endpoint, args=args, **fields)
 
 
 FULL = {"net": ["*"], "read": ["/"], "write": ["/"], "env": ["*"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes import DefaultLimits, Executor, PoolSettings, SandboxSettings, create_executor
+from sandboxes import DefaultLimits, Executor, Isolation, PoolSettings, SandboxSettings, create_executor
 from tests.test_sandbox_helpers import State, backend_params, call, make_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -24,7 +25,7 @@ export function spin() { for (;;) {} }
 
 
 @pytest.fixture(params=backend_params())
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest) -> Isolation:
     return request.param
 
 
@@ -48,7 +49,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
         await asyncio.sleep(0.05)
 
 
-def executor(backend: str, state: State, cleanup: list[Executor], **pool: Any) -> Executor:
+def executor(backend: Isolation, state: State, cleanup: list[Executor], **pool: Any) -> Executor:
     settings = SandboxSettings(
         state_dir=state.root, isolation=backend, limits=DefaultLimits(timeout_s=5), pool=PoolSettings(**pool)
     )
@@ -57,7 +58,7 @@ def executor(backend: str, state: State, cleanup: list[Executor], **pool: Any) -
     return ex
 
 
-async def test_prewarmed_bundle_first_call_is_warm(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_prewarmed_bundle_first_call_is_warm(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup)
     path = state.bundle("warm", "main.ts", SOURCE)
     request = call(path, "hello", env={"TOKEN": "t1"})
@@ -67,6 +68,7 @@ async def test_prewarmed_bundle_first_call_is_warm(backend: str, state: State, c
     assert response.metrics.cold_start is False
     assert response.data == {"hello": "world", "token": "t1"}
     stats = await ex.stats()
+    assert json.loads(json.dumps(stats)) == stats  # plain JSON-able
     bundle = stats["bundles"][request.bundle_key]
     assert bundle["warm"] == 2 and bundle["pinned"] == 2 and bundle["coldStarts"] == 2
     # Different secrets mean a different sandbox: never served by the pinned instances.
@@ -75,7 +77,7 @@ async def test_prewarmed_bundle_first_call_is_warm(backend: str, state: State, c
     assert await ex.warm(request, 0) == 2  # unpinned; idle reclaim may now take them
 
 
-async def test_idle_instances_are_reclaimed(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_idle_instances_are_reclaimed(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup, idle_timeout_s=0.3)
     path = state.bundle("idle", "main.ts", SOURCE)
     first = await ex.execute(call(path, "hello"))
@@ -91,7 +93,7 @@ async def test_idle_instances_are_reclaimed(backend: str, state: State, cleanup:
     assert third.success and third.metrics.cold_start
 
 
-async def test_generic_prewarm_adopts_bundles(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_generic_prewarm_adopts_bundles(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup, prewarm={"deno": 1})
     path = state.bundle("adopt", "main.ts", SOURCE)
 
@@ -104,7 +106,7 @@ async def test_generic_prewarm_adopts_bundles(backend: str, state: State, cleanu
     assert response.data == {"hello": "adopted", "token": "s"}
     stats = await ex.stats()
     assert stats["runtimes"]["deno"]["adoptions"] == 1
-    assert stats["bundles"][call(path, "hello").bundle_key].get("coldStarts", 0) == 0
+    assert stats["bundles"][call(path, "hello").bundle_key]["coldStarts"] == 0
     warm = await ex.execute(call(path, "hello", env={"TOKEN": "s"}))
     assert warm.metrics.cold_start is False
     await eventually(generic_ready)  # the generic floor is refilled
@@ -113,7 +115,9 @@ async def test_generic_prewarm_adopts_bundles(backend: str, state: State, cleanu
     assert net.success and (await ex.stats())["runtimes"]["deno"]["adoptions"] == 1
 
 
-async def test_crashed_and_timed_out_instances_are_replaced(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_crashed_and_timed_out_instances_are_replaced(
+    backend: Isolation, state: State, cleanup: list[Executor]
+) -> None:
     ex = executor(backend, state, cleanup)
     path = state.bundle("crashy", "main.ts", SOURCE)
     assert (await ex.execute(call(path, "hello"))).success
@@ -129,7 +133,7 @@ async def test_crashed_and_timed_out_instances_are_replaced(backend: str, state:
     assert stats["replaced"] == 2 and stats["warm"] == 1
 
 
-async def test_per_bundle_cap_queues_calls(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_per_bundle_cap_queues_calls(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup, max_per_bundle=1, max_instances=2)
     path = state.bundle("capped", "main.ts", SOURCE)
     start = time.monotonic()
@@ -147,7 +151,7 @@ async def test_per_bundle_cap_queues_calls(backend: str, state: State, cleanup: 
     assert stats["instances"] <= 2 and stats["runtimes"]["deno"]["evicted"] >= 1
 
 
-async def test_drain_finishes_inflight_work(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_drain_finishes_inflight_work(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup)
     path = state.bundle("drain", "main.ts", SOURCE)
     assert (await ex.execute(call(path, "hello"))).success  # warm it so the slow call starts at once
@@ -164,7 +168,7 @@ async def test_drain_finishes_inflight_work(backend: str, state: State, cleanup:
     assert stats["instances"] == 0 and stats["closing"]
 
 
-async def test_drain_deadline_cuts_stragglers(backend: str, state: State, cleanup: list[Executor]) -> None:
+async def test_drain_deadline_cuts_stragglers(backend: Isolation, state: State, cleanup: list[Executor]) -> None:
     ex = executor(backend, state, cleanup)
     path = state.bundle("straggler", "main.ts", SOURCE)
     slow = asyncio.create_task(ex.execute(call(path, "slow", {"ms": 10_000})))

@@ -12,6 +12,7 @@ from sandboxes import (
     ExecRequest,
     ExecResponse,
     Executor,
+    Isolation,
     SandboxSettings,
     SandboxUnavailable,
     available_backends,
@@ -20,6 +21,7 @@ from sandboxes import (
 )
 from sandboxes.cgroups import parse_mountinfo, parse_proc_cgroup
 from tests.test_sandbox_helpers import FULL, backend_params, call, make_state
+
 
 def test_request_wire_names() -> None:
     raw = {
@@ -32,7 +34,9 @@ def test_request_wire_names() -> None:
         "env": {"TOKEN": "x"},
         "timeout": 2.5,
         "limits": {"memoryMb": 64, "pids": 8, "outputBytes": 1024},
-        "request": {"method": "POST", "path": "/x", "query": {"q": ["1", "2"]}, "headers": {}, "body": "aGk=", "isBase64": True},
+        "request": {
+            "method": "POST", "path": "/x", "query": {"q": ["1", "2"]}, "headers": {}, "body": "aGk=", "isBase64": True
+        },
     }
     request = ExecRequest.model_validate(raw)
     assert request.limits.memory_mb == 64 and request.request is not None
@@ -107,7 +111,8 @@ def test_list_runtimes_with_operator_files(tmp_path: Path) -> None:
     runtimes.mkdir()
     (runtimes / "echo.toml").write_text(ECHO_TOML)
     (runtimes / "echo_host.py").write_text(ECHO_HOST)
-    (runtimes / "ghost.toml").write_text(ECHO_TOML.replace('"echo"', '"ghost"').replace('"/usr/bin/python3", "python3"', '"/no/such/bin"'))
+    ghost = ECHO_TOML.replace('"echo"', '"ghost"').replace('"/usr/bin/python3", "python3"', '"/no/such/bin"')
+    (runtimes / "ghost.toml").write_text(ghost)
     (runtimes / "broken.toml").write_text("name = [")
     rows = {row.name: row for row in list_runtimes(SandboxSettings(state_dir=tmp_path, runtimes_dir=runtimes))}
     assert rows["deno"].available and rows["deno"].builtin and "application/typescript" in rows["deno"].mime_types
@@ -120,7 +125,7 @@ def test_list_runtimes_with_operator_files(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.parametrize("backend", backend_params())
-async def test_operator_runtime_runs_one_shot(tmp_path: Path, backend: str) -> None:
+async def test_operator_runtime_runs_one_shot(tmp_path: Path, backend: Isolation) -> None:
     state = make_state(tmp_path / "state")
     runtimes = state.root / "runtimes"
     runtimes.mkdir()
@@ -138,5 +143,72 @@ async def test_operator_runtime_runs_one_shot(tmp_path: Path, backend: str) -> N
             assert "TOKEN" in response.data["env"] and response.metrics.cold_start  # one-shot: always cold
         stats = await ex.stats()
         assert stats["instances"] == 0 and stats["runtimes"]["echo"]["oneShot"] == 2
+    finally:
+        await ex.shutdown()
+
+
+def test_policy_never_grants_kernel_views_or_system_writes(tmp_path: Path) -> None:
+    from sandboxes.errors import Rejected
+    from sandboxes.policy import Plan, make_plan
+    from sandboxes.runtimes import load_runtimes
+
+    state = make_state(tmp_path / "state")
+    code = state.bundle("b", "main.ts", "export const x = 1;\n")
+    settings = SandboxSettings(state_dir=state.root)
+    runtimes = load_runtimes(None)
+
+    def plan(**permissions: list[str]) -> Plan:
+        return make_plan(call(code, "x", permissions=permissions), settings=settings, runtimes=runtimes, isolating=True)
+
+    for permissions, kind in (
+        ({"read": ["/proc"]}, "denied"), ({"read": ["/sys/kernel"]}, "denied"), ({"write": ["/usr/lib"]}, "denied"),
+        ({"read": [str(state.root / "bundles")]}, "denied"), ({"write": [str(state.keys)]}, "denied"),
+        ({"read": ["relative/path"]}, "invalid"), ({"net": ["a.com,b.com"]}, "invalid"),
+    ):
+        with pytest.raises(Rejected) as raised:
+            plan(**permissions)
+        assert raised.value.kind == kind, permissions
+    out = str(tmp_path / "out")
+    narrowed = plan(read=[str(code.parent / "data")], write=[out], net=["example.com:443"])
+    assert narrowed.adoptable is False
+    with pytest.raises(Rejected):
+        plan(write=["/tmp"])  # an ancestor of the state dir
+    assert plan().adoptable
+    # The bundle's directory may never be the state dir itself (it would expose keys/).
+    loose = state.root / "main.ts"
+    loose.write_text("export const x = 1;\n")
+    with pytest.raises(Rejected, match="state"):
+        make_plan(call(loose, "x"), settings=settings, runtimes=runtimes, isolating=True)
+
+
+def test_stale_cgroups_of_dead_runners_are_swept() -> None:
+    from sandboxes.cgroups import CgroupManager
+
+    try:
+        manager = CgroupManager.detect()
+    except SandboxUnavailable as error:
+        pytest.skip(f"cgroups unavailable: {error}")
+    dead_pid = 4_000_000  # above pid_max: never a live process
+    stale = manager.create(f"{dead_pid}-1-1", memory_mb=64, pids=8)
+    live = manager.create(f"{__import__('os').getpid()}-999-1", memory_mb=64, pids=8)
+    try:
+        assert manager.sweep_stale() >= 1
+        assert not any(d.exists() for d in stale.unique_dirs)
+        assert all(d.exists() for d in live.unique_dirs)
+    finally:
+        for cgroup in (stale, live):
+            for directory in cgroup.unique_dirs:
+                if directory.exists():
+                    directory.rmdir()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_dev_mode_runs_python_on_none_with_a_warning(tmp_path: Path) -> None:
+    state = make_state(tmp_path / "state")
+    path = state.bundle("pydev", "main.py", "def hello(args, ctx):\n    return 'dev'\n")
+    ex = create_executor(SandboxSettings(state_dir=state.root, isolation="none", dev=True))
+    try:
+        response = await ex.execute(call(path, "hello"))
+        assert response.success and response.data == "dev"
     finally:
         await ex.shutdown()

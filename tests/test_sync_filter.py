@@ -6,17 +6,30 @@ import random
 
 import pytest
 
-from reactor.sync import ATRUN_COLLECTIONS, AccountEvent, CommitEvent, CommitFilter, ErrorFrame, FrameError, IdentityEvent
+from reactor.sync import (
+    ATRUN_COLLECTIONS,
+    AccountEvent,
+    CommitEvent,
+    CommitFilter,
+    ErrorFrame,
+    FrameError,
+    IdentityEvent,
+)
 from reactor.sync.cbor import encode
+from reactor.sync.filter import peek_single_path
 from reactor.sync.testing import RepoBuilder, Write, account_frame, error_frame, identity_frame, now_iso
 
 
 def post(rkey: str, text: str = "hi") -> Write:
-    return Write("create", f"app.bsky.feed.post/{rkey}", {"$type": "app.bsky.feed.post", "text": text, "createdAt": now_iso()})
+    return Write(
+        "create", f"app.bsky.feed.post/{rkey}", {"$type": "app.bsky.feed.post", "text": text, "createdAt": now_iso()}
+    )
 
 
 def bundle(rkey: str) -> Write:
-    return Write("create", f"dev.atrun.bundle/{rkey}", {"$type": "dev.atrun.bundle", "name": rkey, "createdAt": now_iso()})
+    return Write(
+        "create", f"dev.atrun.bundle/{rkey}", {"$type": "dev.atrun.bundle", "name": rkey, "createdAt": now_iso()}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +42,7 @@ def repo() -> RepoBuilder:
 def test_irrelevant_commit_skipped(repo) -> None:
     f = CommitFilter()
     c = repo.commit([post("3kaaa0001")])
-    assert not f.may_match(c.frame)
+    assert peek_single_path(c.frame) == b"app.bsky.feed.post/3kaaa0001"
     assert f.select(c.frame) is None
 
 
@@ -42,11 +55,31 @@ def test_relevant_commit_selected(repo) -> None:
     assert f.select_commit(c.frame) is not None
 
 
-def test_needle_in_record_text_is_a_harmless_false_positive(repo) -> None:
+def test_collection_name_in_record_text_does_not_match(repo) -> None:
     f = CommitFilter()
     c = repo.commit([post("3kaaa0003", text="see dev.atrun.bundle/foo for details")])
-    assert f.may_match(c.frame)
     assert f.select(c.frame) is None
+
+
+def test_peek_agrees_with_decoder(repo) -> None:
+    """The no-decode peek returns exactly the decoded path, or None for other layouts."""
+    single = repo.commit([Write("delete", "app.bsky.feed.post/3kseed0001")])
+    assert peek_single_path(single.frame) == b"app.bsky.feed.post/3kseed0001"
+    multi = repo.commit([post("3km1"), post("3km2")])
+    assert peek_single_path(multi.frame) is None
+    long_path = "app.bsky.feed.post/" + "x" * 300
+    assert peek_single_path(repo.commit([post(long_path.split("/")[1])]).frame) is None
+    assert peek_single_path(repo.commit([post("y" * 100)]).frame) == b"app.bsky.feed.post/" + b"y" * 100
+    for cut in range(len(single.frame)):
+        peek_single_path(single.frame[:cut])  # never raises
+    assert CommitFilter().select(multi.frame) is None
+
+
+def test_multi_op_commit_with_one_relevant_op(repo) -> None:
+    f = CommitFilter()
+    c = repo.commit([post("3kmo1"), bundle("mo"), post("3kmo2")])
+    ev = f.select(c.frame)
+    assert isinstance(ev, CommitEvent) and len(ev.ops) == 3
 
 
 def test_similar_collection_names_do_not_match(repo) -> None:
@@ -81,16 +114,22 @@ def test_unsorted_header_is_not_skipped_but_rejected(repo) -> None:
 
 
 def test_no_false_negatives_randomized() -> None:
-    """The byte pre-filter agrees with the exact decode on mixed traffic."""
+    """The no-decode fast path agrees with the exact decode on mixed traffic."""
     rng = random.Random(3)
     f = CommitFilter()
     b = RepoBuilder()
-    for i in range(150):
-        writes = [post(f"3kr{i:05d}")]
-        relevant = rng.random() < 0.3
+    mine: list[str] = []
+    for i in range(300):
+        writes = [post(f"3kr{i:05d}")] if rng.random() < 0.6 else []
+        relevant = rng.random() < 0.4 or not writes
         if relevant:
-            coll = rng.choice(sorted(ATRUN_COLLECTIONS))
-            writes.append(Write("create", f"{coll}/r{i}", {"$type": coll, "createdAt": now_iso()}))
+            if mine and rng.random() < 0.3:
+                writes.append(Write("delete", mine.pop()))
+            else:
+                coll = rng.choice(sorted(ATRUN_COLLECTIONS))
+                writes.append(Write("create", f"{coll}/r{i}", {"$type": coll, "createdAt": now_iso()}))
+                mine.append(writes[-1].path)
+        rng.shuffle(writes)
         frame = b.commit(writes, proofs=False).frame
         assert (f.select(frame) is not None) == relevant
 
@@ -101,3 +140,7 @@ def test_garbage_not_skipped_raises() -> None:
         f.select(b"\xa2\x61t\x67#commit\x62op\x01" + b"\xa1dev.atrun.bundle/")
     with pytest.raises(FrameError):
         f.select(b"\xff\x00")
+    with pytest.raises(FrameError) as ei:
+        f.select("a text websocket frame")  # type: ignore[arg-type]
+    assert ei.value.reason == "garbage_frame"
+    assert f.select(bytearray(identity_frame("did:plc:abcdefghijklmnopqrstuvwx"))) is not None

@@ -34,7 +34,11 @@ from reactor.sync.testing import (
 
 
 def post(i: int) -> Write:
-    return Write("create", f"app.bsky.feed.post/3kpost{i:08d}", {"$type": "app.bsky.feed.post", "text": f"hello {i}", "createdAt": now_iso()})
+    return Write(
+        "create",
+        f"app.bsky.feed.post/3kpost{i:08d}",
+        {"$type": "app.bsky.feed.post", "text": f"hello {i}", "createdAt": now_iso()},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,9 @@ def test_other_events() -> None:
     acct = decode_frame(account_frame(did, False, status="takendown", seq=8))
     assert isinstance(acct, AccountEvent) and (acct.active, acct.status, acct.seq) == (False, "takendown", 8)
     assert decode_frame(info_frame("OutdatedCursor", "too old")) == InfoEvent("OutdatedCursor", "too old")
-    assert decode_frame(error_frame("FutureCursor", "cursor in the future")) == ErrorFrame("FutureCursor", "cursor in the future")
+    assert decode_frame(error_frame("FutureCursor", "cursor in the future")) == ErrorFrame(
+        "FutureCursor", "cursor in the future"
+    )
     assert decode_frame(error_frame("ConsumerTooSlow")) == ErrorFrame("ConsumerTooSlow", None)
     sync = decode_frame(RepoBuilder(did).sync_frame(seq=9))
     assert isinstance(sync, SyncEvent) and sync.did == did and sync.seq == 9
@@ -83,7 +89,7 @@ def test_truncated_frames_rejected(built) -> None:
     _, c = built
     frame = c.frame
     reasons = set()
-    for cut in range(0, len(frame) - 1):
+    for cut in range(len(frame) - 1):
         with pytest.raises(FrameError) as ei:
             decode_frame(frame[:cut])
         reasons.add(ei.value.reason)
@@ -154,6 +160,14 @@ def test_bad_commit_fields_rejected(built) -> None:
         with pytest.raises(FrameError) as ei:
             decode_frame(c.reframe(**change))
         assert ei.value.reason == "bad_event", change
+
+
+def test_binary_like_and_text_input() -> None:
+    frame = identity_frame("did:plc:abcdefghijklmnopqrstuvwx", seq=5)
+    assert decode_frame(memoryview(frame)) == decode_frame(bytearray(frame)) == decode_frame(frame)
+    with pytest.raises(FrameError) as ei:
+        decode_frame("not binary")  # type: ignore[arg-type]
+    assert ei.value.reason == "garbage_frame"
 
 
 def test_header_only_is_truncated() -> None:

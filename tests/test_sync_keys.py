@@ -6,7 +6,7 @@ import libipld
 import pytest
 from atproto_crypto.verify import verify_signature
 
-from reactor.sync import KeyCache, KeyFormatError, SigningKey, parse_did_key, parse_multikey
+from reactor.sync import KeyCache, KeyFormatError, SigningKey, parse_did_key, parse_multikey, parse_verification_method
 from reactor.sync.keys import P256_ORDER, SECP256K1_ORDER
 
 CURVES = ("secp256k1", "p256")
@@ -87,10 +87,14 @@ def test_known_vectors() -> None:
     msg = b64("oWVoZWxsb2V3b3JsZA")
     k1 = parse_did_key("did:key:zQ3shqwJEJyMBsBXCWyCBpUBMqxcon9oHB7mCvx4sSpMdLJwc")
     assert k1.verify(msg, b64("5WpdIuEUUfVUYaozsi8G0B3cWO09cgZbIIwg1t2YKdUn/FEznOndsz/qgiYb89zwxYCbB71f7yQK5Lr7NasfoA"))
-    assert not k1.verify(msg, b64("5WpdIuEUUfVUYaozsi8G0B3cWO09cgZbIIwg1t2YKdXYA67MYxYiTMAVfdnkDCMN9S5B3vHosRe07aORmoshoQ"))
+    assert not k1.verify(
+        msg, b64("5WpdIuEUUfVUYaozsi8G0B3cWO09cgZbIIwg1t2YKdXYA67MYxYiTMAVfdnkDCMN9S5B3vHosRe07aORmoshoQ")
+    )
     p = parse_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo")
     assert p.verify(msg, b64("2vZNsG3UKvvO/CDlrdvyZRISOFylinBh0Jupc6KcWoJWExHptCfduPleDbG3rko3YZnn9Lw0IjpixVmexJDegg"))
-    assert not p.verify(msg, b64("2vZNsG3UKvvO/CDlrdvyZRISOFylinBh0Jupc6KcWoKp7O4VS9giSAah8k5IUbXIW00SuOrjfEqQ9HEkN9JGzw"))
+    assert not p.verify(
+        msg, b64("2vZNsG3UKvvO/CDlrdvyZRISOFylinBh0Jupc6KcWoKp7O4VS9giSAah8k5IUbXIW00SuOrjfEqQ9HEkN9JGzw")
+    )
 
 
 @pytest.mark.parametrize("curve", CURVES)
@@ -123,3 +127,30 @@ def test_key_cache_hits() -> None:
     assert cache.get(keys[0]) is not a
     with pytest.raises(KeyFormatError):
         cache.get("did:key:zbad")
+
+
+@pytest.mark.parametrize("curve", CURVES)
+def test_did_document_verification_methods(curve) -> None:
+    """PLC still serves the legacy 2019 types with a bare, uncompressed point."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    sk = SigningKey.generate(curve)
+    if curve == "secp256k1":
+        import coincurve
+
+        raw = coincurve.PublicKey(sk.public_bytes()).format(compressed=False)
+        vm_type = "EcdsaSecp256k1VerificationKey2019"
+    else:
+        pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), sk.public_bytes())
+        raw = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        vm_type = "EcdsaSecp256r1VerificationKey2019"
+    legacy = parse_verification_method(vm_type, libipld.encode_multibase("z", raw))
+    assert legacy.did_key == sk.did_key() and legacy.verify(b"m", sk.sign(b"m"))
+    assert parse_verification_method("Multikey", sk.multibase()).did_key == sk.did_key()
+    with pytest.raises(KeyFormatError) as ei:
+        parse_verification_method("Ed25519VerificationKey2020", sk.multibase())
+    assert ei.value.reason == "unsupported_key"
+    with pytest.raises(KeyFormatError) as ei:
+        parse_verification_method(vm_type, libipld.encode_multibase("z", raw[:40]))
+    assert ei.value.reason == "bad_key"

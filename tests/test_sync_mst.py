@@ -198,7 +198,9 @@ def test_child_outside_parent_range_rejected() -> None:
     assert left_cid  # silence unused
 
 
-@pytest.mark.skipif(not os.environ.get("ATPROTO_INTEROP_DIR"), reason="set ATPROTO_INTEROP_DIR to atproto-interop-tests")
+@pytest.mark.skipif(
+    not os.environ.get("ATPROTO_INTEROP_DIR"), reason="set ATPROTO_INTEROP_DIR to atproto-interop-tests"
+)
 def test_interop_commit_proof_fixtures() -> None:
     """bluesky-social/atproto-interop-tests firehose/commit-proof-fixtures.json:
     roots before/after, and inversion using exactly the reference proof blocks."""
@@ -207,7 +209,9 @@ def test_interop_commit_proof_fixtures() -> None:
     from reactor.sync.cid import cid_bytes
 
     path = os.path.join(os.environ["ATPROTO_INTEROP_DIR"], "firehose", "commit-proof-fixtures.json")
-    for fx in json.load(open(path)):
+    with open(path) as fh:
+        fixtures = json.load(fh)
+    for fx in fixtures:
         leaf = cid_bytes(fx["leafValue"])
         t = build([k.encode() for k in fx["keys"]], leaf)
         t.fresh = {}

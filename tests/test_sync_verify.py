@@ -374,3 +374,51 @@ def test_filter_then_verify_pipeline(repo) -> None:
 def test_builtcommit_is_self_consistent(repo) -> None:
     c: BuiltCommit = repo.commit([post(901)])
     assert cid_for_cbor(c.commit_block) == c.commit_cid and c.blocks[c.commit_cid] == c.commit_block
+
+
+def test_fuzzed_cars_only_raise_typed_errors(repo) -> None:
+    """Bit flips anywhere in the CAR: either still valid (untouched bytes) or a SyncError."""
+    import random
+
+    from reactor.sync import SyncError
+
+    rng = random.Random(11)
+    c = repo.commit([Write("create", f"{BUNDLE}/fz", rec(BUNDLE)), Write("delete", "app.bsky.feed.post/3kp000000011")])
+    car = c.body["blocks"]
+    outcomes: set[str] = set()
+    for _ in range(400):
+        buf = bytearray(car)
+        for _ in range(rng.randint(1, 3)):
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        try:
+            verify(repo, c.reframe(blocks=bytes(buf)))
+            outcomes.add("ok")
+        except SyncError as e:
+            outcomes.add(e.reason)
+    assert "cid_mismatch" in outcomes and outcomes <= {
+        "ok",
+        "bad_car",
+        "bad_cid",
+        "cid_mismatch",
+        "missing_block",
+        "commit_mismatch",
+        "bad_commit",
+        "mst_invalid",
+    }
+
+
+def test_fuzzed_repo_cars_only_raise_typed_errors(repo) -> None:
+    import random
+
+    from reactor.sync import SyncError
+
+    rng = random.Random(12)
+    car = repo.repo_car()
+    key = parse_did_key(repo.did_key())
+    for _ in range(150):
+        buf = bytearray(car)
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        try:
+            verify_repo_car(bytes(buf), repo.did, key, [BUNDLE])
+        except SyncError:
+            pass

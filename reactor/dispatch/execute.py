@@ -48,6 +48,7 @@ class CallResult:
     outcome: Outcome
     response: ExecResponse | None = None
     bundle: ReadyBundle | None = None
+    bundle_error: str | None = None  # BundleError.reason when the bundle could not be had
 
 
 def bundle_author(uri: str) -> str:
@@ -74,6 +75,9 @@ class CallRunner:
         self._policy = policy
         self._limits = limits
 
+    def check_access(self, did: str):  # type: ignore[no-untyped-def]
+        return self._policy().check(did)
+
     async def run(self, call: Call) -> CallResult:
         """Check, execute and map to an Outcome. Raises ExecutorCrashed for sandbox failures."""
         policy = self._policy()
@@ -84,7 +88,7 @@ class CallRunner:
         try:
             bundle = await self._bundles.ready_or_fetch(call.bundle_uri, call.bundle_cid)
         except BundleError as error:
-            return CallResult(Outcome("invalid", error=str(error)))
+            return CallResult(Outcome("invalid", error=str(error)), bundle_error=error.reason)
         if not bundle.manifest.allows_endpoint(call.endpoint) or not _valid_endpoint(call.endpoint):
             return CallResult(Outcome("invalid", error=f"endpoint {call.endpoint!r} is not declared by the bundle"),
                               bundle=bundle)

@@ -133,3 +133,11 @@ async def count_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
         counts = {state: 0 for state in STATES}
         counts.update({row[0]: row[1] for row in await cur.fetchall()})
     return counts
+
+
+async def set_result_uri(conn: aiosqlite.Connection, uri: str, result_uri: str) -> bool:
+    """Remember where the invocation's result record was written."""
+    cursor = await conn.execute(
+        "UPDATE invocations SET result_uri = ?, updated_at = ? WHERE uri = ?", (result_uri, time.time(), uri)
+    )
+    return cursor.rowcount == 1

@@ -22,7 +22,7 @@ from .frames import (
     decode_frame,
     frame_seq,
 )
-from .keys import KeyCache, PublicKey, SigningKey, parse_did_key, parse_multikey
+from .keys import KeyCache, PublicKey, SigningKey, parse_did_key, parse_multikey, parse_verification_method
 from .mst import MST, key_depth
 from .tid import make_tid, tid_timestamp_us
 from .verify import (
@@ -38,6 +38,7 @@ from .verify import (
 
 __all__ = [
     "ATRUN_COLLECTIONS",
+    "MST",
     "AccountEvent",
     "Car",
     "CarError",
@@ -51,7 +52,6 @@ __all__ = [
     "InfoEvent",
     "KeyCache",
     "KeyFormatError",
-    "MST",
     "MstError",
     "PublicKey",
     "RepoOp",
@@ -74,6 +74,7 @@ __all__ = [
     "make_tid",
     "parse_did_key",
     "parse_multikey",
+    "parse_verification_method",
     "read_car",
     "tid_timestamp_us",
     "verify_commit",

@@ -17,7 +17,7 @@ from .cbor import Link, encode
 from .cid import check_block
 from .errors import CarError
 
-__all__ = ["Car", "read_car", "write_car", "varint"]
+__all__ = ["Car", "read_car", "varint", "write_car"]
 
 
 def varint(n: int) -> bytes:

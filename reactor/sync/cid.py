@@ -15,11 +15,11 @@ from .errors import CarError
 __all__ = [
     "DAG_CBOR",
     "RAW",
+    "check_block",
+    "cid_bytes",
     "cid_for_cbor",
     "cid_for_raw",
-    "check_block",
     "cid_str",
-    "cid_bytes",
 ]
 
 DAG_CBOR = 0x71

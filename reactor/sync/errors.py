@@ -15,13 +15,13 @@ mst:     mst_invalid, prev_data_mismatch
 from __future__ import annotations
 
 __all__ = [
-    "SyncError",
+    "CarError",
     "FrameError",
     "KeyFormatError",
-    "RevError",
-    "VerifyError",
-    "CarError",
     "MstError",
+    "RevError",
+    "SyncError",
+    "VerifyError",
 ]
 
 

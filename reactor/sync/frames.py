@@ -10,29 +10,30 @@ message types are returned as :class:`UnknownEvent` (the spec says ignore).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import libipld
 
 from .errors import FrameError
 
 __all__ = [
-    "RepoOp",
-    "CommitEvent",
-    "IdentityEvent",
-    "AccountEvent",
-    "SyncEvent",
-    "InfoEvent",
-    "ErrorFrame",
-    "UnknownEvent",
-    "Event",
     "COMMIT_HEADER",
-    "decode_frame",
-    "split_frame",
-    "event_from_parts",
+    "AccountEvent",
+    "CommitEvent",
+    "ErrorFrame",
+    "Event",
+    "IdentityEvent",
+    "InfoEvent",
+    "RepoOp",
+    "SyncEvent",
+    "UnknownEvent",
     "commit_from_body",
+    "decode_frame",
+    "event_from_parts",
     "frame_seq",
+    "split_frame",
 ]
 
 #: Canonical DAG-CBOR of ``{op: 1, t: "#commit"}``. It is the only valid
@@ -135,14 +136,16 @@ class UnknownEvent:
     seq: int | None
 
 
-Event = Union[CommitEvent, IdentityEvent, AccountEvent, SyncEvent, InfoEvent, ErrorFrame, UnknownEvent]
+Event = CommitEvent | IdentityEvent | AccountEvent | SyncEvent | InfoEvent | ErrorFrame | UnknownEvent
 
 
 def split_frame(frame: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Decode header and body (both must be maps), mapping decoder failures to
     ``truncated_frame`` / ``garbage_frame``."""
-    if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise FrameError("garbage_frame", "frame is not binary")
+    if type(frame) is not bytes:
+        if not isinstance(frame, (bytearray, memoryview)):
+            raise FrameError("garbage_frame", "frame is not binary")
+        frame = bytes(frame)
     if not frame:
         raise FrameError("truncated_frame", "empty frame")
     try:
@@ -303,16 +306,14 @@ def _sync(body: dict[str, Any]) -> SyncEvent:
     blocks = body.get("blocks")
     if type(blocks) is not bytes:
         raise _bad("blocks")
-    return SyncEvent(
-        _req_seq(body), _req_did(body, "did"), _req_str(body, "rev"), blocks, _opt_str(body, "time") or ""
-    )
+    return SyncEvent(_req_seq(body), _req_did(body, "did"), _req_str(body, "rev"), blocks, _opt_str(body, "time") or "")
 
 
 def _info(body: dict[str, Any]) -> InfoEvent:
     return InfoEvent(_req_str(body, "name"), _opt_str(body, "message"))
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[dict[str, Any]], Event]] = {
     "#commit": commit_from_body,
     "#identity": _identity,
     "#account": _account,

@@ -32,16 +32,17 @@ except ImportError:  # pragma: no cover - depends on coincurve internals
     _lib = None
 
 __all__ = [
+    "P256_ORDER",
+    "SECP256K1_ORDER",
     "Curve",
+    "KeyCache",
+    "P256PublicKey",
     "PublicKey",
     "Secp256k1PublicKey",
-    "P256PublicKey",
     "SigningKey",
-    "KeyCache",
     "parse_did_key",
     "parse_multikey",
-    "SECP256K1_ORDER",
-    "P256_ORDER",
+    "parse_verification_method",
 ]
 
 Curve = Literal["secp256k1", "p256"]
@@ -68,7 +69,7 @@ def _encode_did_key(curve: Curve, compressed: bytes) -> str:
 class Secp256k1PublicKey:
     """secp256k1 (K-256) public key."""
 
-    __slots__ = ("did_key", "_pub", "_cdata")
+    __slots__ = ("_cdata", "_pub", "did_key")
     curve: Curve = "secp256k1"
 
     def __init__(self, compressed: bytes) -> None:
@@ -98,7 +99,7 @@ class Secp256k1PublicKey:
 class P256PublicKey:
     """NIST P-256 (secp256r1) public key."""
 
-    __slots__ = ("did_key", "_pub")
+    __slots__ = ("_pub", "did_key")
     curve: Curve = "p256"
 
     def __init__(self, compressed: bytes) -> None:
@@ -123,6 +124,7 @@ class P256PublicKey:
 
 
 def _from_multicodec(data: bytes) -> PublicKey:
+    cls: type[Secp256k1PublicKey | P256PublicKey]
     if data[:2] == _PREFIX["secp256k1"]:
         key, cls = data[2:], Secp256k1PublicKey
     elif data[:2] == _PREFIX["p256"]:
@@ -143,6 +145,45 @@ def parse_multikey(multibase: str) -> PublicKey:
     except ValueError as e:
         raise KeyFormatError("bad_key", "bad multibase") from e
     return _from_multicodec(data)
+
+
+_LEGACY_VM_TYPES: dict[str, Curve] = {
+    "EcdsaSecp256k1VerificationKey2019": "secp256k1",
+    "EcdsaSecp256r1VerificationKey2019": "p256",
+}
+
+
+def _compress(curve: Curve, point: bytes) -> bytes:
+    try:
+        if curve == "secp256k1":
+            return coincurve.PublicKey(point).format(compressed=True)
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    except (ValueError, TypeError) as e:
+        raise KeyFormatError("bad_key", f"invalid {curve} point") from e
+
+
+def parse_verification_method(vm_type: str, public_key_multibase: str) -> PublicKey:
+    """Key of a DID document ``verificationMethod`` entry.
+
+    ``Multikey`` carries a multicodec-prefixed compressed key (like did:key);
+    the legacy ``Ecdsa...VerificationKey2019`` types, still served by PLC,
+    carry the bare (often uncompressed) point.
+    """
+    if vm_type == "Multikey":
+        return parse_multikey(public_key_multibase)
+    curve = _LEGACY_VM_TYPES.get(vm_type)
+    if curve is None:
+        raise KeyFormatError("unsupported_key", f"verification method type {str(vm_type)[:64]!r}")
+    if not isinstance(public_key_multibase, str) or not public_key_multibase.startswith("z"):
+        raise KeyFormatError("bad_key", "expected base58btc multibase")
+    try:
+        _, point = libipld.decode_multibase(public_key_multibase)
+    except ValueError as e:
+        raise KeyFormatError("bad_key", "bad multibase") from e
+    if len(point) not in (33, 65):
+        raise KeyFormatError("bad_key", "expected a 33- or 65-byte point")
+    return _from_multicodec(_PREFIX[curve] + _compress(curve, point))
 
 
 def parse_did_key(did_key: str) -> PublicKey:
@@ -171,7 +212,7 @@ class KeyCache:
 class SigningKey:
     """A private key that signs like an atproto PDS: SHA-256, compact, low-S."""
 
-    __slots__ = ("curve", "_secret", "_k1", "_p256", "_compressed")
+    __slots__ = ("_compressed", "_k1", "_p256", "_secret", "curve")
 
     def __init__(self, secret: bytes, curve: Curve = "secp256k1") -> None:
         if len(secret) != 32:
@@ -210,7 +251,7 @@ class SigningKey:
         data = pem.encode() if isinstance(pem, str) else pem
         key = serialization.load_pem_private_key(data, password=password)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("PEM is not an EC private key")
+            raise TypeError("PEM is not an EC private key")
         name = key.curve.name
         curve: Curve
         if name == "secp256k1":

@@ -20,14 +20,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Union
 
 import libipld
 
 from .cid import cid_for_cbor
 from .errors import CarError, MstError
 
-__all__ = ["key_depth", "Node", "MST", "BlockGetter", "EMPTY_NODE", "EMPTY_NODE_CID", "encode_node"]
+__all__ = ["EMPTY_NODE", "EMPTY_NODE_CID", "MST", "BlockGetter", "Node", "encode_node", "key_depth"]
 
 BlockGetter = Callable[[bytes], bytes]
 
@@ -59,12 +58,12 @@ class Node:
     layer: int
     keys: list[bytes]
     vals: list[bytes]
-    children: list[Union["Node", bytes, None]]
+    children: list[Node | bytes | None]
     cid: bytes | None = None
     raw: bytes | None = None
 
 
-Ref = Union[Node, bytes, None]
+Ref = Node | bytes | None
 
 
 def _head(major: int, n: int) -> bytes:
@@ -78,39 +77,46 @@ def _head(major: int, n: int) -> bytes:
     return bytes((m | 26,)) + n.to_bytes(4, "big")
 
 
+_LINK36 = b"\xd8\x2a\x58\x25\x00"  # tag 42 + bytes(37) + identity multibase prefix
+
+
 def _link(cid: bytes | None) -> bytes:
     if cid is None:
         return b"\xf6"
+    if len(cid) == 36:
+        return _LINK36 + cid
     return b"\xd8\x2a" + _head(2, len(cid) + 1) + b"\x00" + cid
 
 
 def _common(a: bytes, b: bytes) -> int:
+    """Length of the common prefix, via one big-int XOR instead of a byte loop."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - (x.bit_length() + 7) // 8
 
 
 def encode_node(keys: list[bytes], vals: list[bytes], child_cids: list[bytes | None]) -> bytes:
     """Canonical DAG-CBOR of a node, with prefix-compressed keys."""
     out = [b"\xa2\x61e", _head(4, len(keys))]
+    append = out.append
     prev = b""
     for i, key in enumerate(keys):
-        p = _common(prev, key)
-        suffix = key[p:]
-        out.append(b"\xa4\x61k")
-        out.append(_head(2, len(suffix)))
-        out.append(suffix)
-        out.append(b"\x61p")
-        out.append(_head(0, p))
-        out.append(b"\x61t")
-        out.append(_link(child_cids[i + 1]))
-        out.append(b"\x61v")
-        out.append(_link(vals[i]))
+        p = _common(prev, key) if prev else 0
+        ls = len(key) - p
+        append(
+            b"\xa4\x61k"
+            + (bytes((0x40 | ls,)) if ls < 24 else _head(2, ls))
+            + key[p:]
+            + b"\x61p"
+            + (bytes((p,)) if p < 24 else _head(0, p))
+            + b"\x61t"
+            + _link(child_cids[i + 1])
+            + b"\x61v"
+            + _link(vals[i])
+        )
         prev = key
-    out.append(b"\x61l")
-    out.append(_link(child_cids[0]))
+    append(b"\x61l")
+    append(_link(child_cids[0]))
     return b"".join(out)
 
 
@@ -121,7 +127,7 @@ def _bad(why: str) -> MstError:
 class MST:
     """A mutable handle on an immutable, lazily loaded MST."""
 
-    __slots__ = ("_root", "_layer", "_get_block", "_cache", "fresh", "touched")
+    __slots__ = ("_cache", "_get_block", "_layer", "_root", "fresh", "touched")
 
     def __init__(self, get_block: BlockGetter | None = None) -> None:
         self._root: Ref = None
@@ -164,13 +170,16 @@ class MST:
         if type(ref) is Node:
             node = ref
         else:
-            node = self._cache.get(ref)  # type: ignore[arg-type]
-            if node is None:
-                node = self._decode(ref, layer, lo, hi)  # type: ignore[arg-type]
-            elif node.layer != layer or (
-                node.keys and ((lo is not None and node.keys[0] <= lo) or (hi is not None and node.keys[-1] >= hi))
-            ):
-                raise _bad("subtree out of place")
+            assert isinstance(ref, bytes)
+            cached = self._cache.get(ref)
+            if cached is None:
+                node = self._decode(ref, layer, lo, hi)
+            else:
+                node = cached
+                if node.layer != layer or (
+                    node.keys and ((lo is not None and node.keys[0] <= lo) or (hi is not None and node.keys[-1] >= hi))
+                ):
+                    raise _bad("subtree out of place")
         if self.touched is not None and node.cid is not None and node.raw is not None:
             self.touched[node.cid] = node.raw
         return node
@@ -192,17 +201,22 @@ class MST:
         vals: list[bytes] = []
         children: list[Ref] = [left]
         prev = b""
-        for e in obj["e"]:
-            if type(e) is not dict or len(e) != 4:
-                raise _bad("bad entry")
-            p, k, v, t = e.get("p"), e.get("k"), e.get("v"), e.get("t")
-            if type(p) is not int or type(k) is not bytes or type(v) is not bytes:
+        for entry in obj["e"]:
+            try:
+                p, k, v, t = entry["p"], entry["k"], entry["v"], entry["t"]
+            except (KeyError, TypeError) as exc:
+                raise _bad("bad entry") from exc
+            if (
+                type(p) is not int
+                or type(k) is not bytes
+                or type(v) is not bytes
+                or (t is not None and type(t) is not bytes)
+                or len(entry) != 4
+            ):
                 raise _bad("bad entry fields")
-            if t is not None and type(t) is not bytes:
-                raise _bad("bad subtree link")
-            if p < 0 or p > len(prev) or (not keys and p != 0):
+            if p < 0 or p > len(prev) or (p and not keys):
                 raise _bad("bad prefix length")
-            key = prev[:p] + k
+            key = prev[:p] + k if p else k
             if (keys and key <= prev) or not key or len(key) > _MAX_KEY:
                 raise _bad("keys not strictly increasing")
             keys.append(key)
@@ -210,9 +224,8 @@ class MST:
             children.append(t)
             prev = key
         if keys:
-            depth = key_depth(keys[0])
             if layer is None:
-                layer = depth
+                layer = key_depth(keys[0])
             for key in keys:
                 if key_depth(key) != layer:
                     raise _bad("key on wrong layer")
@@ -287,7 +300,7 @@ class MST:
             r: Ref = self._root
             for layer in range(self._layer + 1, kd):
                 r = Node(layer, [], [], [r])
-            left, right = self._split(r, kd - 1, key, None, None)  # type: ignore[arg-type]
+            left, right = self._split(r, kd - 1, key, None, None)
             self._root, self._layer = Node(kd, [key], [val], [left, right]), kd
             return None
         self._root, prev = self._put(self._root, self._layer, key, kd, val, None, None)
@@ -377,8 +390,14 @@ class MST:
         i = bisect_left(keys, key)
         if kd == layer:
             if i < len(keys) and keys[i] == key:
-                merged = self._merge(n.children[i], n.children[i + 1], layer - 1, keys[i - 1] if i else lo, key,
-                                     keys[i + 1] if i + 1 < len(keys) else hi)
+                merged = self._merge(
+                    n.children[i],
+                    n.children[i + 1],
+                    layer - 1,
+                    keys[i - 1] if i else lo,
+                    key,
+                    keys[i + 1] if i + 1 < len(keys) else hi,
+                )
                 node = self._make(
                     layer,
                     keys[:i] + keys[i + 1 :],
@@ -396,9 +415,7 @@ class MST:
         children[i] = child
         return self._make(layer, keys, n.vals, children), prev
 
-    def _merge(
-        self, a: Ref, b: Ref, layer: int, lo: bytes | None, mid: bytes, hi: bytes | None
-    ) -> Ref:
+    def _merge(self, a: Ref, b: Ref, layer: int, lo: bytes | None, mid: bytes, hi: bytes | None) -> Ref:
         """Join two adjacent subtrees of one layer (the key between them was removed)."""
         if a is None:
             return b
@@ -443,7 +460,7 @@ class MST:
 
     def _cid(self, ref: Ref) -> bytes | None:
         if ref is None or type(ref) is bytes:
-            return ref  # type: ignore[return-value]
+            return ref
         node: Node = ref  # type: ignore[assignment]
         if node.cid is None:
             raw = encode_node(node.keys, node.vals, [self._cid(c) for c in node.children])

@@ -13,7 +13,7 @@ import random
 import time as _time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .car import write_car
@@ -26,15 +26,15 @@ from .tid import make_tid
 from .verify import invert_ops
 
 __all__ = [
-    "Write",
     "BuiltCommit",
     "RepoBuilder",
-    "encode_frame",
-    "commit_frame",
-    "identity_frame",
+    "Write",
     "account_frame",
-    "info_frame",
+    "commit_frame",
+    "encode_frame",
     "error_frame",
+    "identity_frame",
+    "info_frame",
     "now_iso",
     "random_did",
 ]
@@ -43,7 +43,7 @@ _seq = itertools.count(1)
 
 
 def now_iso(ts: float | None = None) -> str:
-    t = datetime.fromtimestamp(ts if ts is not None else _time.time(), tz=timezone.utc)
+    t = datetime.fromtimestamp(ts if ts is not None else _time.time(), tz=UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
@@ -74,7 +74,12 @@ def identity_frame(did: str, *, seq: int | None = None, handle: str | None = Non
 
 
 def account_frame(did: str, active: bool, *, status: str | None = None, seq: int | None = None) -> bytes:
-    body: dict[str, Any] = {"seq": seq if seq is not None else next(_seq), "did": did, "time": now_iso(), "active": active}
+    body: dict[str, Any] = {
+        "seq": seq if seq is not None else next(_seq),
+        "did": did,
+        "time": now_iso(),
+        "active": active,
+    }
     if status is not None:
         body["status"] = status
     return encode_frame("#account", body)

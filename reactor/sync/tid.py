@@ -11,7 +11,7 @@ import re
 
 from .errors import RevError
 
-__all__ = ["ALPHABET", "is_tid", "tid_to_int", "tid_timestamp_us", "make_tid"]
+__all__ = ["ALPHABET", "is_tid", "make_tid", "tid_timestamp_us", "tid_to_int"]
 
 ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _TID_RE = re.compile(r"[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}")

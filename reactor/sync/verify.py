@@ -28,18 +28,18 @@ from .mst import MST
 from .tid import is_tid, tid_timestamp_us
 
 __all__ = [
-    "Commit",
-    "VerifiedRecord",
-    "VerifiedCommit",
-    "MAX_OPS",
     "MAX_BLOCKS_BYTES",
     "MAX_FUTURE_S",
+    "MAX_OPS",
+    "Commit",
+    "VerifiedCommit",
+    "VerifiedRecord",
     "check_rev",
+    "invert_ops",
     "load_commit",
     "verify_commit",
-    "verify_sync_event",
     "verify_repo_car",
-    "invert_ops",
+    "verify_sync_event",
 ]
 
 MAX_OPS = 200
@@ -93,9 +93,7 @@ class VerifiedCommit:
     inverted: bool
 
 
-def check_rev(
-    rev: str, last_rev: str | None, *, now: float | None = None, max_future_s: float = MAX_FUTURE_S
-) -> None:
+def check_rev(rev: str, last_rev: str | None, *, now: float | None = None, max_future_s: float = MAX_FUTURE_S) -> None:
     """Enforce rev ordering for one DID.
 
     ``old_rev``: rev <= the last rev we processed (replay or stale); ignore it.
@@ -232,9 +230,7 @@ def verify_commit(
             records.append(VerifiedRecord(collection, rkey, op.action, cid_str(op.cid), rec))
 
     inverted = False
-    if invert and _invertible(event):
-        for op in event.ops:
-            _split_path(op.path)
+    if invert and _invertible(event):  # every op path was syntax-checked above
         if invert_ops(tree, event.ops) != event.prev_data:
             raise MstError("prev_data_mismatch", "inverting ops does not yield prevData")
         inverted = True

@@ -29,6 +29,10 @@ class RecordView:
     value: dict[str, Any]
 
 
+async def query(xrpc: XrpcClient, service: str, nsid: str, params: dict[str, Any]) -> Any:
+    return await xrpc.query(service, nsid, params)
+
+
 def at_uri(repo: str, collection: str, rkey: str) -> str:
     return f"at://{repo}/{collection}/{rkey}"
 
@@ -36,8 +40,8 @@ def at_uri(repo: str, collection: str, rkey: str) -> str:
 async def get_record(xrpc: XrpcClient, service: str, repo: str, collection: str, rkey: str) -> RecordView | None:
     """`com.atproto.repo.getRecord`; None when the record (or the whole repo) is not there."""
     try:
-        out = await xrpc.query(service, "com.atproto.repo.getRecord",
-                               {"repo": repo, "collection": collection, "rkey": rkey})
+        out = await query(xrpc, service, "com.atproto.repo.getRecord",
+                          {"repo": repo, "collection": collection, "rkey": rkey})
     except XrpcError as error:
         # Missing repo: 400 InvalidRequest "Could not locate record" on the reference PDS.
         if error.error in _ABSENT_ERRORS or (error.status == 400 and "locate record" in error.message):
