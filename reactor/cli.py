@@ -81,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not args.dev:
             raise CliError(f"no runner keys in {config.keys_dir}: run `at-rund init` first")
         ensure_keys(config.keys_dir)
-    asyncio.run(Daemon(config, dev=args.dev).run())
+    path = Path(args.config).expanduser() if args.config else None
+    asyncio.run(Daemon(config, dev=args.dev, config_path=path).run())
     return 0
 
 

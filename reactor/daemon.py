@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Any, Iterator
 
 import structlog
 import uvicorn
 
 from reactor import __version__
-from reactor.config import Config
+from reactor.config import Config, ConfigError, load_config
 from reactor.api.app import create_app
 from reactor.services import Services
 
@@ -27,9 +28,10 @@ class _Server(uvicorn.Server):
 
 
 class Daemon:
-    def __init__(self, config: Config, *, dev: bool = False) -> None:
+    def __init__(self, config: Config, *, dev: bool = False, config_path: Path | None = None) -> None:
         self.config = config
         self.dev = dev
+        self.config_path = config_path
         self.services: Services | None = None
         self._stopping = asyncio.Event()
         self._server: _Server | None = None
@@ -43,6 +45,19 @@ class Daemon:
         report["ok"] = report["store"] == "ok" and not self._stopping.is_set()
         return report
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and swap in its [access] lists; a bad file changes nothing."""
+        if self.services is None:
+            return
+        try:
+            fresh = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("config.reload_failed", error=str(error))
+            return
+        self.services.reload_access(fresh.access)
+        log.info("config.reloaded", mode=fresh.access.mode, allowlist=len(fresh.access.allowlist),
+                 blocklist=len(fresh.access.blocklist))
+
     def stop(self) -> None:
         if not self._stopping.is_set():
             log.info("daemon.stopping")
@@ -52,6 +67,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.services = services = await Services.open(self.config, dev=self.dev)
         try:
             await services.start()
@@ -71,6 +87,6 @@ class Daemon:
             await serve
         finally:
             await services.close()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             log.info("daemon.stopped")

@@ -21,7 +21,7 @@ from reactor.api.auth import ServiceAuth
 from reactor.api.context import ApiContext
 from reactor.api.quotas import QuotaLimits, Quotas
 from reactor.bundles import BundleCache, ReadyBundle
-from reactor.config import Config
+from reactor.config import AccessConfig, Config
 from reactor.declaration import build_declaration, publish
 from reactor.dispatch.dispatcher import Dispatcher
 from reactor.dispatch.execute import CallRunner
@@ -66,6 +66,9 @@ class Services:
 
     def current_policy(self) -> AccessPolicy:
         return self.policy
+
+    def reload_access(self, access: AccessConfig) -> None:
+        self.set_policy(AccessPolicy.from_config(access, follows=self.policy.follows))
 
     def set_policy(self, policy: AccessPolicy) -> None:
         self.policy = policy
