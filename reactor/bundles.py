@@ -164,7 +164,7 @@ class BundleCache:
             raise BundleError("not_a_bundle", f"{uri} is not a dev.atrun.bundle record")
         record_cid, record = await self._fetch_record(author, collection, rkey)
         if cid is not None and record_cid != cid:
-            raise BundleError("cid_mismatch", f"bundle {uri} is at version {record_cid}, not the requested {cid}")
+            raise BundleError("cid_mismatch", f"bundle CID mismatch: {uri} is at {record_cid}, not the requested {cid}")
         fetched = await self.fetch(uri=uri, cid=record_cid, author=author, record=record)
         async with self._store.transaction() as conn:
             await self.save(conn, fetched)
