@@ -94,6 +94,7 @@ class BundleCache:
         self._code_dir = code_dir
         self._max_blob = max_blob_bytes
         self.prewarm: Prewarm | None = None
+        self._ready: dict[tuple[str, str], ReadyBundle] = {}  # (uri, cid) is immutable content: safe to keep
 
     async def fetch(self, *, uri: str, cid: str, author: str, record: dict[str, Any]) -> FetchedBundle:
         """Validate the manifest and fetch + verify its code blob (network; no transaction held)."""
@@ -141,9 +142,13 @@ class BundleCache:
 
     async def delete(self, conn: aiosqlite.Connection, uri: str) -> None:
         await bundles.mark_deleted(conn, uri)
+        for key in [k for k in self._ready if k[0] == uri]:
+            del self._ready[key]
 
     async def ready(self, uri: str, cid: str | None = None) -> ReadyBundle | None:
         """A cached bundle with its code materialised on disk, or None if not cached."""
+        if cid is not None and (hit := self._ready.get((uri, cid))) is not None and hit.code_path.exists():
+            return hit
         async with self._store.read() as conn:
             cached = await (bundles.get(conn, uri, cid) if cid else bundles.latest(conn, uri))
             blob = await bundles.get_blob(conn, cached.code_cid) if cached else None
@@ -152,7 +157,11 @@ class BundleCache:
         manifest = parse_manifest(cached.record)
         mime_type = manifest.runtime or blob[0]
         path = await asyncio.to_thread(self._materialise, cached.code_cid, mime_type, blob[1])
-        return ReadyBundle(cached=cached, manifest=manifest, code_path=path, mime_type=mime_type)
+        ready = ReadyBundle(cached=cached, manifest=manifest, code_path=path, mime_type=mime_type)
+        if len(self._ready) >= 1024:
+            self._ready.pop(next(iter(self._ready)))
+        self._ready[(cached.uri, cached.cid)] = ready
+        return ready
 
     async def ready_or_fetch(self, uri: str, cid: str | None) -> ReadyBundle:
         """The bundle at `uri` (at version `cid` if given), fetching and verifying it on a cache miss."""
