@@ -100,6 +100,22 @@ def cmd_runtime_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_access_list(args: argparse.Namespace) -> int:
+    from reactor.follows import access_report
+    from reactor.store import StoreError
+
+    config = _load(args)
+    try:
+        report = asyncio.run(access_report(config))
+    except StoreError as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print("\n".join(report.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="at-rund", description="Social cloud hosting for the AT Protocol.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -125,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_sub.required = True
     runtime_list = add("list", cmd_runtime_list, "list runtimes and whether each is available here", runtime_sub)
     runtime_list.add_argument("--json", action="store_true")
+    access = sub.add_parser("access", help="who may use this runner", description="who may use this runner")
+    access_sub = access.add_subparsers(dest="access_command", metavar="COMMAND")
+    access_sub.required = True
+    access_list = add("list", cmd_access_list,
+                      "print the effective access set and where each entry came from "
+                      "(follows, allowlist, blocklist)", access_sub)
+    access_list.add_argument("--json", action="store_true")
     from reactor.author_cli import add_author_commands
 
     add_author_commands(sub, common)

@@ -41,12 +41,18 @@ class AccessConfig(_Section):
     mode: AccessMode = "open"
     allowlist: list[str] = Field(default_factory=list)
     blocklist: list[str] = Field(default_factory=list)
+    # Whose follows count for mode "follows" and `[atproto] follow = "follows"` (default: `did`).
     follows_of: str | None = None
 
     @field_validator("allowlist", "blocklist")
     @classmethod
     def _dids(cls, values: list[str]) -> list[str]:
         return [_check_did(v) for v in values]
+
+    @field_validator("follows_of")
+    @classmethod
+    def _follows_of(cls, value: str | None) -> str | None:
+        return None if value is None else _check_did(value)
 
 
 class AtprotoConfig(_Section):
@@ -57,10 +63,13 @@ class AtprotoConfig(_Section):
     identifier: str | None = None
     password: SecretStr | None = None
 
-    @field_validator("follow")
+    @field_validator("follow", mode="before")
     @classmethod
-    def _follow(cls, value: list[str] | str) -> list[str] | str:
-        return value if isinstance(value, str) else [_check_did(v) for v in value]
+    def _follow(cls, value: object) -> object:
+        if isinstance(value, str) and value != "follows":
+            raise ValueError('must be a list of DIDs or "follows" (everyone the operator follows)')
+        return value if isinstance(value, str) or not isinstance(value, list) else [
+            _check_did(v) if isinstance(v, str) else v for v in value]
 
 
 class LimitsConfig(_Section):
@@ -217,9 +226,21 @@ def parse_config(data: dict[str, Any], source: str, env: Mapping[str, str] | Non
     env = os.environ if env is None else env
     merged = _merge(data, env_overrides(env))
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None
+    _check_follows(config, source)
+    return config
+
+
+def _check_follows(config: Config, source: str) -> None:
+    """Follows need an account whose follows they are: the runner's `did` or `access.follows_of`."""
+    if config.did or config.access.follows_of:
+        return
+    if config.access.mode == "follows":
+        raise ConfigError(f'{source}: access.mode: "follows" needs `did` (the operator) or access.follows_of')
+    if config.atproto.follow == "follows":
+        raise ConfigError(f'{source}: atproto.follow: "follows" needs `did` (the operator) or access.follows_of')
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:

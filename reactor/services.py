@@ -25,6 +25,7 @@ from reactor.config import AccessConfig, Config
 from reactor.declaration import build_declaration, publish
 from reactor.dispatch.dispatcher import Dispatcher
 from reactor.dispatch.execute import CallRunner
+from reactor.follows import Follows, follow_source, follows_needed
 from reactor.identity import IdentityResolver
 from reactor.ingest.apply import Applier
 from reactor.ingest.service import Ingestion
@@ -58,6 +59,7 @@ class Services:
     dispatcher: Dispatcher
     outbox: OutboxDrain
     runner_writer: RunnerRepoWriter | None
+    follows: Follows | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -68,7 +70,16 @@ class Services:
         return self.policy
 
     def reload_access(self, access: AccessConfig) -> None:
+        if access.mode == "follows" and self.follows is None:
+            log.warning("access.follows_need_restart", hint='mode "follows" is loaded on start: restart at-rund')
+        elif self.follows is not None and (access.follows_of or self.config.did) != self.follows.source:
+            log.warning("access.follows_of_need_restart", hint="a new follows_of takes effect on restart")
         self.set_policy(AccessPolicy.from_config(access, follows=self.policy.follows))
+        if self.follows is not None:
+            self.follows.kick()  # the blocklist may have changed: blocked accounts are not watched
+
+    def set_follows(self, follows: frozenset[str]) -> None:
+        self.set_policy(self.policy.with_follows(follows))
 
     def set_policy(self, policy: AccessPolicy) -> None:
         self.policy = policy
@@ -101,9 +112,16 @@ class Services:
                                 global_limit=config.dispatch.concurrency, per_author_limit=config.dispatch.per_author,
                                 max_attempts=config.dispatch.max_attempts, on_result=drain.kick)
         applier.on_queued = dispatcher.kick
+        follows = None
+        source = follow_source(config)
+        if follows_needed(config) and source is not None:
+            follows = Follows(store, identity, xrpc, ingestion, source, watch=config.atproto.follow == "follows",
+                              on_change=lambda subjects: holder["s"].set_follows(subjects),
+                              blocked=lambda: holder["s"].policy.blocklist)
         services = cls(config=config, dev=dev, store=store, keys=keys, xrpc=xrpc, identity=identity,
                        bundles=bundles, intake=intake, ingestion=ingestion, policy=policy, executor=executor,
-                       calls=calls, dispatcher=dispatcher, outbox=drain, runner_writer=runner_writer)
+                       calls=calls, dispatcher=dispatcher, outbox=drain, runner_writer=runner_writer,
+                       follows=follows)
         bundles.prewarm = services._prewarm
         holder["s"] = services
         return services
@@ -112,9 +130,15 @@ class Services:
         await self.calls.warm(bundle)
 
     async def start(self) -> None:
+        await self.executor.start()
         for name, job in (("dispatcher", self.dispatcher.run()), ("outbox", self.outbox.run())):
             self.tasks.append(asyncio.create_task(job, name=name))
+        if self.follows is not None:
+            # Before ingestion: the follow set (cached, then loaded) decides who is watched and allowed.
+            await self.follows.start()
         await self.ingestion.start()
+        if self.follows is not None:
+            self.tasks.append(asyncio.create_task(self.follows.run(), name="follows"))
         self.tasks.append(asyncio.create_task(self.declare(), name="declare"))
 
     async def declare(self) -> None:
@@ -162,6 +186,8 @@ class Services:
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Stop intake first, let running work finish, then take the rest down."""
+        if self.follows is not None:
+            await self.follows.stop()
         await self.ingestion.stop()
         await self.dispatcher.stop(drain_timeout)
         for task in self.tasks:
@@ -179,4 +205,5 @@ class Services:
         except Exception:  # noqa: BLE001 - a broken store is exactly what health reports
             store_ok = False
         return {"store": "ok" if store_ok else "unavailable", "ingest": self.ingestion.health(),
-                "access": {"mode": self.policy.mode, "size": self.policy.size}}
+                "access": {"mode": self.policy.mode, "size": self.policy.size,
+                           **({"follows": self.follows.health()} if self.follows is not None else {})}}

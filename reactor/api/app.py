@@ -2,36 +2,75 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from reactor.api.bundle_routes import bundle_route
 from reactor.api.context import ApiContext
-from reactor.api.errors import XrpcHttpError
+from reactor.api.errors import XrpcHttpError, from_http_status, internal_error
 from reactor.api.invoke import invoke
 from reactor.api.middleware import RequestContext
 
+log = structlog.get_logger(__name__)
+
 ANY = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+DESCRIBE_TTL_S = 5.0  # describe() lists runtimes from disk: not on every request
 
 
 async def health(request: Request) -> JSONResponse:
-    report = await request.app.state.ctx.health()
+    ctx: ApiContext = request.app.state.ctx
+    report = await ctx.health()
+    pool = await _pool_health(ctx)
+    if pool is not None and "pool" not in report:
+        report["pool"] = pool
+        report["ok"] = bool(report.get("ok")) and pool["state"] == "ok"
     return JSONResponse(report, status_code=200 if report.get("ok") else 503)
 
 
+async def _pool_health(ctx: ApiContext) -> dict[str, Any] | None:
+    """A summary of the sandbox pool (no per-bundle detail: health is public)."""
+    executor = getattr(ctx.calls, "_executor", None)  # CallRunner has no public accessor for it
+    if executor is None:
+        return None
+    try:
+        stats = await executor.stats()
+    except Exception as error:  # noqa: BLE001 - a broken pool is exactly what health reports
+        log.warning("health.pool_failed", error=str(error))
+        return {"state": "unavailable"}
+    closing = bool(getattr(getattr(executor, "pool", None), "closing", False))
+    summary = {k: stats[k] for k in ("backend", "instances", "busy", "starting", "maxInstances", "inflight")
+               if k in stats}
+    return {"state": "closing" if closing else "ok", **summary}
+
+
 async def describe_runner(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.state.ctx.describe())
+    return JSONResponse(_describe(request.app.state))
+
+
+def _describe(state: Any) -> dict[str, Any]:
+    cached = getattr(state, "describe_cache", None)
+    now = time.monotonic()
+    if cached is None or now - cached[0] > DESCRIBE_TTL_S:
+        cached = (now, state.ctx.describe())
+        state.describe_cache = cached
+    return dict(cached[1])
 
 
 async def did_document(request: Request) -> Response:
+    """did:web resolution for a runner whose DID is `did:web:<this host>`."""
     ctx: ApiContext = request.app.state.ctx
-    host = request.url.netloc.replace(":", "%3A")
-    if ctx.runner_did != f"did:web:{host}":
+    host = (request.headers.get("host") or "").lower().replace(":", "%3A")
+    if not host or ctx.runner_did != f"did:web:{host}":
         raise XrpcHttpError(404, "NotFound", "this runner's DID is not a did:web for this host")
-    describe = ctx.describe()
-    doc = {
+    describe = _describe(request.app.state)
+    doc: dict[str, Any] = {
         "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
         "id": ctx.runner_did,
         "verificationMethod": [{
@@ -40,12 +79,27 @@ async def did_document(request: Request) -> Response:
         }],
         "service": [{"id": "#atrun_runner", "type": "AtrunRunner", "serviceEndpoint": describe["endpoint"]}],
     }
+    if ctx.config.handle:
+        doc["alsoKnownAs"] = [f"at://{ctx.config.handle}"]
     return JSONResponse(doc)
 
 
 async def xrpc_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, XrpcHttpError)
     return error.response()
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    """Starlette's 404/405 in XRPC form; an unknown XRPC method is 501 MethodNotImplemented."""
+    assert isinstance(error, HTTPException)
+    if error.status_code == 404 and request.url.path.startswith("/xrpc/"):
+        return XrpcHttpError(501, "MethodNotImplemented", "method not implemented").response()
+    return from_http_status(error.status_code, str(error.detail), dict(error.headers or {})).response()
+
+
+async def server_error(_: Request, __: Exception) -> Response:
+    """Unhandled exception: a clean XRPC 500 (the middleware logs the trace with the request id)."""
+    return internal_error().response()
 
 
 def create_app(ctx: ApiContext) -> RequestContext:
@@ -58,7 +112,7 @@ def create_app(ctx: ApiContext) -> RequestContext:
             Route("/b/{authority}/{bundle}/{endpoint}", bundle_route, methods=ANY),
             Route("/b/{authority}/{bundle}/{endpoint}/{rest:path}", bundle_route, methods=ANY),
         ],
-        exception_handlers={XrpcHttpError: xrpc_error},
+        exception_handlers={XrpcHttpError: xrpc_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.ctx = ctx
     return RequestContext(app, max_headers=ctx.config.http.max_headers)

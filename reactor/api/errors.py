@@ -43,5 +43,21 @@ def payload_too_large(limit: int) -> XrpcHttpError:
     return XrpcHttpError(413, "PayloadTooLarge", f"request body exceeds {limit} bytes")
 
 
+def too_many_headers(limit: int) -> XrpcHttpError:
+    return XrpcHttpError(431, "InvalidRequest", f"more than {limit} request headers")
+
+
 def rate_limited(message: str, retry_after_s: int) -> XrpcHttpError:
     return XrpcHttpError(429, "RateLimitExceeded", message, {"Retry-After": str(max(1, retry_after_s))})
+
+
+def internal_error() -> XrpcHttpError:
+    return XrpcHttpError(500, "InternalServerError", "internal error")
+
+
+# Starlette's own HTTP errors (no route, wrong method) in XRPC form.
+_HTTP_ERROR_NAMES = {404: "NotFound", 405: "MethodNotAllowed"}
+
+
+def from_http_status(status: int, detail: str, headers: dict[str, str] | None = None) -> XrpcHttpError:
+    return XrpcHttpError(status, _HTTP_ERROR_NAMES.get(status, "InvalidRequest"), detail, headers)

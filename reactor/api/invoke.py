@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -14,13 +15,17 @@ from reactor.api.context import ApiContext
 from reactor.api.errors import XrpcHttpError, bundle_not_found, forbidden, invalid_request
 from reactor.dispatch.execute import Call, CallResult, ExecutorCrashed
 from reactor.identity import IdentityError
-from reactor.records import InvokeInput
+from reactor.records import BUNDLE_NSID, InvokeInput
+from reactor.results import shape_output
+
+log = structlog.get_logger(__name__)
 
 NSID = "dev.atrun.invoke"
-_NOT_FOUND = {"not_found", "not_a_bundle", "bad_uri", "cid_mismatch"}
+_NOT_FOUND = {"not_found", "not_a_bundle", "cid_mismatch"}
 
 
 async def resolve_authority(ctx: ApiContext, authority: str) -> str:
+    """A DID as is; a handle through the runner's resolver (confirmed both ways)."""
     if authority.startswith("did:"):
         return authority
     try:
@@ -29,11 +34,12 @@ async def resolve_authority(ctx: ApiContext, authority: str) -> str:
         raise bundle_not_found(str(error)) from None
 
 
-def result_body(result: CallResult) -> dict[str, Any]:
+def result_body(result: CallResult, max_output_bytes: int) -> dict[str, Any]:
     outcome = result.outcome
     body: dict[str, Any] = {"status": outcome.status}
-    if outcome.output is not None:
-        body["output"] = outcome.output
+    output = shape_output(outcome.output, max_output_bytes)
+    if output is not None:
+        body["output"] = output
     if outcome.error:
         body["error"] = outcome.error
     metrics = {k: v for k, v in (("durationMs", outcome.duration_ms), ("coldStart", outcome.cold_start)) if v is not None}
@@ -59,24 +65,44 @@ def raise_for_outcome(result: CallResult) -> None:
     raise XrpcHttpError(502, "ExecutionFailed", f"{outcome.status}: {message}")
 
 
-async def invoke(request: Request) -> JSONResponse:
-    ctx: ApiContext = request.app.state.ctx
-    caller = await ctx.auth.verify(request.headers.get("authorization"), NSID)
-    raw = await read_capped(request, ctx.config.http.max_body_bytes)
+async def run_call(ctx: ApiContext, quota_did: str, call: Call) -> CallResult:
+    """Run under `quota_did`'s quota; a crashed sandbox is a 502 (logged, not shown in full)."""
+    async with ctx.quotas.slot(quota_did):
+        try:
+            return await ctx.calls.run(call)
+        except ExecutorCrashed as error:
+            log.warning("http.executor_crashed", bundle=call.bundle_uri, endpoint=call.endpoint, error=str(error))
+            raise XrpcHttpError(502, "ExecutionFailed", "the sandbox failed while running the bundle") from None
+
+
+def parse_input(raw: bytes) -> InvokeInput:
     try:
         body = InvokeInput.model_validate(json.loads(raw or b"null"))
     except (ValueError, ValidationError) as error:
-        raise invalid_request(f"body must be {{bundle, endpoint, args}}: {str(error).splitlines()[0]}") from None
-    authority, _, rest = body.bundle.removeprefix("at://").partition("/")
-    bundle_uri = f"at://{await resolve_authority(ctx, authority)}/{rest}"
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise invalid_request(f"body must be {{bundle, endpoint, args}}: {first}") from None
+    if not body.endpoint:
+        raise invalid_request("endpoint must not be empty")
+    return body
+
+
+async def invoke(request: Request) -> JSONResponse:
+    ctx: ApiContext = request.app.state.ctx
+    caller = await ctx.auth.verify(request.headers.get("authorization"), NSID)
     decision = ctx.calls.check_access(caller.did)
     if not decision.allowed:
         raise forbidden(decision.reason)
-    async with ctx.quotas.slot(caller.did):
-        try:
-            result = await ctx.calls.run(Call(caller=caller.did, bundle_uri=bundle_uri, bundle_cid=body.cid,
-                                              endpoint=body.endpoint, args=body.args if body.args is not None else {}))
-        except ExecutorCrashed as error:
-            raise XrpcHttpError(502, "ExecutionFailed", f"the sandbox failed: {error}") from None
+    body = parse_input(await read_capped(request, ctx.config.http.max_body_bytes))
+    authority, _, path = body.bundle.removeprefix("at://").partition("/")
+    collection, _, rkey = path.partition("/")
+    if collection != BUNDLE_NSID or not rkey or "/" in rkey:
+        raise invalid_request(f"bundle must be at://<did-or-handle>/{BUNDLE_NSID}/<name>")
+    author = await resolve_authority(ctx, authority)
+    decision = ctx.calls.check_access(author)
+    if not decision.allowed:
+        raise forbidden(f"bundle author not allowed: {decision.reason}")
+    call = Call(caller=caller.did, bundle_uri=f"at://{author}/{BUNDLE_NSID}/{rkey}", bundle_cid=body.cid,
+                endpoint=body.endpoint, args=body.args if body.args is not None else {})
+    result = await run_call(ctx, caller.did, call)
     raise_for_outcome(result)
-    return JSONResponse(result_body(result))
+    return JSONResponse(result_body(result, ctx.config.limits.max_output_bytes))

@@ -28,6 +28,7 @@ class Quotas:
     per_did: dict[str, QuotaLimits] = field(default_factory=dict)
     _running: dict[str, int] = field(default_factory=dict)
     _calls: dict[str, deque[float]] = field(default_factory=dict)
+    _next_sweep: float = 0.0
 
     def limits_for(self, did: str) -> QuotaLimits:
         return self.per_did.get(did, self.default)
@@ -36,6 +37,8 @@ class Quotas:
     async def slot(self, did: str) -> AsyncIterator[None]:
         limits = self.limits_for(did)
         now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
         window = self._calls.setdefault(did, deque())
         while window and window[0] <= now - 60:
             window.popleft()
@@ -54,3 +57,8 @@ class Quotas:
                 self._running[did] = remaining
             else:
                 del self._running[did]
+
+    def _sweep(self, now: float) -> None:
+        """Forget DIDs whose window emptied, so one-off callers do not accumulate (once a minute)."""
+        self._calls = {did: window for did, window in self._calls.items() if window and window[-1] > now - 60}
+        self._next_sweep = now + 60

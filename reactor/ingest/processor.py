@@ -17,12 +17,12 @@ from reactor.identity import IdentityError, IdentityResolver
 from reactor.ingest.apply import Applier, Cursor
 from reactor.store import Store, cursors, repos
 from reactor.sync.errors import SyncError
-from reactor.sync.filter import CommitFilter
+from reactor.sync.filter import CommitFilter, peek_single_path
 from reactor.sync.frames import (
-    AccountEvent, CommitEvent, ErrorFrame, IdentityEvent, InfoEvent, SyncEvent, frame_seq,
+    COMMIT_HEADER, AccountEvent, CommitEvent, ErrorFrame, IdentityEvent, InfoEvent, SyncEvent, frame_seq,
 )
 from reactor.sync.keys import KeyCache, PublicKey
-from reactor.sync.verify import check_rev, verify_commit, verify_sync_event
+from reactor.sync.verify import VerifiedRecord, check_rev, verify_commit, verify_sync_event
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +30,16 @@ CURSOR_FLUSH_S = 1.0
 
 Resync = Callable[[str, str], Awaitable[None]]  # (did, why)
 Gap = Callable[[str], Awaitable[None]]  # (source): events may have been missed
+SideHandler = Callable[[str, str, list[VerifiedRecord]], Awaitable[None]]  # (did, rev, verified records)
+MainScope = Callable[[str, str], bool]  # (source, did): do this repo's dev.atrun records matter from there?
+
+
+def _repo_needle(did: str) -> bytes:
+    """The canonical DAG-CBOR bytes of a #commit body's `repo: did` entry (key, then text value)."""
+    raw = did.encode()
+    n = len(raw)
+    head = bytes([0x60 + n]) if n < 24 else b"\x78" + bytes([n]) if n < 256 else b"\x79" + n.to_bytes(2, "big")
+    return b"\x64repo" + head + raw
 
 
 class SourceError(Exception):
@@ -53,6 +63,49 @@ class EventProcessor:
         self._backfilling: dict[str, list[CommitEvent]] = {}
         self._skipped: dict[str, bytes] = {}
         self._flushed_at: dict[str, float] = {}
+        # Side collections: extra collections verified for one repo only (e.g. the follow
+        # records of the account whose follows are the access list), handed to a handler.
+        self._side: dict[str, tuple[frozenset[str], SideHandler]] = {}
+        self._side_filter: CommitFilter | None = None
+        self._side_cols_b: frozenset[bytes] = frozenset()
+        self._side_needles: tuple[bytes, ...] = ()
+        self.main_scope: MainScope | None = None
+
+    # -- side collections ---------------------------------------------------------------------
+
+    def consider(self, did: str, collections: frozenset[str], handler: SideHandler) -> None:
+        """Also verify `did`'s commits touching `collections`, and pass those records to `handler`.
+
+        Only `did`'s commits: the same collections from any other repo are still skipped by a
+        byte compare, never decoded or signature-checked.
+        """
+        self._side[did] = (frozenset(collections), handler)
+        self._side_changed()
+
+    def unconsider(self, did: str) -> None:
+        self._side.pop(did, None)
+        self._side_changed()
+
+    def _side_changed(self) -> None:
+        cols = frozenset().union(*(cols for cols, _ in self._side.values()))
+        self._side_filter = CommitFilter(cols) if cols else None
+        self._side_cols_b = frozenset(c.encode() for c in cols)
+        self._side_needles = tuple(_repo_needle(did) for did in self._side)
+
+    def _select_side(self, frame: bytes) -> CommitEvent | None:
+        """A commit the main filter skipped that a considered repo made to its side collections."""
+        if self._side_filter is None or not frame.startswith(COMMIT_HEADER):
+            return None
+        path = peek_single_path(frame)
+        if path is not None and path.partition(b"/")[0] not in self._side_cols_b:
+            return None  # the common case: one op in a collection nobody considers
+        if not any(needle in frame for needle in self._side_needles):
+            return None  # not from a considered repo (checked exactly after decoding)
+        event = self._side_filter.select(frame)
+        if type(event) is not CommitEvent or event.repo not in self._side:
+            return None
+        cols = self._side[event.repo][0]
+        return event if any(op.path.partition("/")[0] in cols for op in event.ops) else None
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -61,6 +114,8 @@ class EventProcessor:
         metrics.frames_total.labels(source=source).inc()
         try:
             event = self._filter.select(frame)
+            if event is None and self._side:
+                event = self._select_side(frame if type(frame) is bytes else bytes(frame))
         except SyncError as error:
             self._reject(error.reason, source=source, error=str(error))
             return
@@ -84,7 +139,8 @@ class EventProcessor:
             return
         try:
             if isinstance(event, CommitEvent):
-                await self.handle_commit(event, Cursor(source, event.seq))
+                main = self.main_scope is None or self.main_scope(source, event.repo)
+                await self.handle_commit(event, Cursor(source, event.seq), main=main)
             elif isinstance(event, IdentityEvent):
                 await self._identity.forget(event.did)
                 log.info("identity.changed", did=event.did, handle=event.handle)
@@ -138,7 +194,7 @@ class EventProcessor:
 
     # -- commits -------------------------------------------------------------------------------
 
-    async def handle_commit(self, event: CommitEvent, cursor: Cursor | None) -> None:
+    async def handle_commit(self, event: CommitEvent, cursor: Cursor | None, *, main: bool = True) -> None:
         buffer = self._backfilling.get(event.repo)
         if buffer is not None:
             buffer.append(event)
@@ -153,14 +209,19 @@ class EventProcessor:
         async with self._store.read() as conn:
             last_rev = await repos.get_rev(conn, event.repo)
         check_rev(event.rev, last_rev)
-        verified = await self._verify(event)
-        await self._applier.apply(event.repo, event.rev, verified.records, cursor=cursor)
+        side_cols, side_handler = self._side.get(event.repo, (frozenset(), None))
+        verified = await self._verify(event, self._filter.collections | side_cols)
+        records = [rec for rec in verified.records if main and rec.collection in self._filter.collections]
+        side = [rec for rec in verified.records if rec.collection in side_cols]
+        if side and side_handler is not None:
+            await side_handler(event.repo, event.rev, side)
+        await self._applier.apply(event.repo, event.rev, records, cursor=cursor)
 
-    async def _verify(self, event: CommitEvent):  # type: ignore[no-untyped-def]
+    async def _verify(self, event: CommitEvent, collections: frozenset[str]):  # type: ignore[no-untyped-def]
         """Verify against the cached key; on a bad signature refresh the identity once and retry."""
         key = await self._key(event.repo, force=False)
         try:
-            return verify_commit(event, key, self._filter.collections)
+            return verify_commit(event, key, collections)
         except SyncError as error:
             if error.reason != "bad_signature":
                 raise
@@ -168,7 +229,7 @@ class EventProcessor:
                 key = await self._key(event.repo, force=True)
             except IdentityError:
                 raise error from None
-        return verify_commit(event, key, self._filter.collections)
+        return verify_commit(event, key, collections)
 
     async def _key(self, did: str, *, force: bool) -> PublicKey:
         identity = await self._identity.resolve(did, force=force)

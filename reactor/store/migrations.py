@@ -81,4 +81,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_pending ON outbox(written_at, next_attempt_at);
     """,
+    # 2: the follow set (social trust): one row per app.bsky.graph.follow record of a source
+    # account, so a restart without its PDS still knows who it follows.
+    """
+    CREATE TABLE follows (
+        source      TEXT NOT NULL,
+        rkey        TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (source, rkey)
+    );
+    CREATE INDEX follows_by_subject ON follows(source, subject);
+    CREATE TABLE follow_sources (
+        source      TEXT PRIMARY KEY,
+        rev         TEXT,
+        loaded_at   REAL,
+        updated_at  REAL NOT NULL
+    );
+    """,
 ]

@@ -18,12 +18,14 @@ from sandboxes.backends.base import Launch, LaunchSpec
 
 NOBODY = "65534"
 ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-ETC_FILES = ("hosts", "resolv.conf", "nsswitch.conf", "ssl/certs", "ca-certificates", "localtime", "alternatives")
+ETC_FILES = ("localtime",)
+# Name resolution and TLS roots, mounted only for sandboxes with network access (every mount costs).
+ETC_NET_FILES = ("hosts", "resolv.conf", "nsswitch.conf", "ssl/certs", "ca-certificates")
 SANDBOX_TMP = "/tmp"
 ARGS_TOKEN = "{bwrap-args-fd}"
 
 
-def _system_args() -> list[str]:
+def _system_args(net: bool = False) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for name in ROOT_LINKS:
         path = Path("/") / name
@@ -31,7 +33,7 @@ def _system_args() -> list[str]:
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    for name in ETC_FILES:
+    for name in ETC_FILES + (ETC_NET_FILES if net else ()):
         path = Path("/etc") / name
         if path.exists():
             args += ["--ro-bind", str(path), str(path)]
@@ -75,7 +77,7 @@ class BwrapBackend:
             options.append("--share-net")
         options += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
                     "--uid", NOBODY, "--gid", NOBODY, "--hostname", "at-run"]
-        options += _system_args()
+        options += _system_args(spec.net)
         tmp_size = str(spec.memory_mb * 1024 * 1024)  # tmpfs pages are charged to the cgroup as well
         options += ["--proc", "/proc", "--dev", "/dev", "--size", tmp_size, "--tmpfs", SANDBOX_TMP]
         binds: dict[Path, str] = {}
