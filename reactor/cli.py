@@ -116,6 +116,26 @@ def cmd_access_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pool_handler(action: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        import httpx
+
+        from reactor.pool_cli import call_pool, print_json
+
+        config = _load(args)
+        try:
+            print_json(call_pool(config, action, args))
+        except FileNotFoundError:
+            raise CliError(f"no admin token in {config.home}: is `at-rund serve` running with this config?") from None
+        except httpx.HTTPError as error:
+            raise CliError(f"cannot reach the server on port {config.port}: {error}") from None
+        except RuntimeError as error:
+            raise CliError(str(error)) from None
+        return 0
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="at-rund", description="Social cloud hosting for the AT Protocol.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -149,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(follows, allowlist, blocklist)", access_sub)
     access_list.add_argument("--json", action="store_true")
     from reactor.author_cli import add_author_commands
+    from reactor.pool_cli import add_pool_commands
 
     add_author_commands(sub, common)
+    add_pool_commands(sub, common, _pool_handler)
     return parser
 
 

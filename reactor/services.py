@@ -174,6 +174,28 @@ class Services:
             "version": __version__,
         }
 
+    def pool_actions(self) -> dict[str, Any]:
+        """What `at-rund pool status|warm|drain` can ask of the running server."""
+        async def status(_: dict[str, Any]) -> dict[str, Any]:
+            return {"backend": self.executor.backend, "inFlight": self.dispatcher.in_flight,
+                    "stats": await self.executor.stats()}
+
+        async def warm(body: dict[str, Any]) -> dict[str, Any]:
+            count = int(body.get("count") or 1)
+            if body.get("bundle"):
+                bundle = await self.bundles.ready_or_fetch(str(body["bundle"]), body.get("cid"))
+                await self.calls.warm(bundle, count)
+                return {"warmed": bundle.key, "count": count}
+            runtime = str(body.get("runtime") or "deno")
+            return {"warmed": runtime, "count": await self.executor.warm(runtime, count)}
+
+        async def drain(body: dict[str, Any]) -> dict[str, Any]:
+            await self.dispatcher.stop(float(body.get("timeout") or 30))
+            await self.executor.drain(float(body.get("timeout") or 30))
+            return {"drained": True, "stats": await self.executor.stats()}
+
+        return {"status": status, "warm": warm, "drain": drain}
+
     def api_context(self, health: Any) -> ApiContext:
         quotas = self.config.quotas
         return ApiContext(
