@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reactor.records import now_datetime  # noqa: E402
-from reactor.secrets import seal  # noqa: E402
+from reactor.sealed import seal  # noqa: E402
 from tests.atnet import TestNetwork  # noqa: E402
 from tests.helpers import cli_env, free_port, run_cli  # noqa: E402
 

@@ -27,7 +27,7 @@ from reactor.identity import IdentityError, IdentityResolver
 from reactor.logs import configure_logging
 from reactor.records import GRANT_NSID, RESULT_NSID, Grant, Invocation, Result, SealedSecret, now_datetime
 from reactor.records import signing_payload
-from reactor.secrets import Scrubber, SecretsError, seal_json, seal_secrets
+from reactor.sealed import Scrubber, SecretsError, seal_json, seal_secrets
 from reactor.store import Store
 from reactor.writers.repo import at_uri, get_record
 from reactor.writers.session import jwt_claims

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from reactor.records import now_datetime
-from reactor.secrets import seal_secrets
+from reactor.sealed import seal_secrets
 from tests.atnet import Account, TestNetwork, XrpcError
 from tests.helpers import cli_env, free_port, run_cli
 from tests.runner_kit import eventually, post_invocation

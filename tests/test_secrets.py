@@ -13,7 +13,7 @@ from nacl.public import PrivateKey, SealedBox
 
 from reactor.keys import RunnerKeys, ensure_keys, x25519_did_key
 from reactor.records import Bundle
-from reactor.secrets import REDACTED, Scrubber, SecretsError, open_secrets, seal, seal_secrets
+from reactor.sealed import REDACTED, Scrubber, SecretsError, open_secrets, seal, seal_secrets
 
 RUNNER = "did:plc:runnerrunnerrunnerrunner"
 OTHER = "did:plc:otherotherotherotherothe"

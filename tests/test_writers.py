@@ -23,7 +23,7 @@ from reactor.keys import RunnerKeys, ensure_keys, x25519_did_key
 from reactor.outbox_drain import OutboxDrain
 from reactor.records import GRANT_NSID, RESULT_NSID, RUNNER_NSID, now_datetime
 from reactor.results import Outcome, build_result
-from reactor.secrets import seal_json
+from reactor.sealed import seal_json
 from reactor.store import Store, invocations, outbox
 from reactor.writers import GrantWriter, NoGrant, RecordConflict, RunnerRepoWriter, result_tid
 from reactor.xrpc import XrpcClient

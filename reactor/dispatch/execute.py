@@ -19,7 +19,7 @@ from reactor.bundles import BundleCache, BundleError, ReadyBundle
 from reactor.config import LimitsConfig
 from reactor.keys import RunnerKeys
 from reactor.results import Outcome
-from reactor.secrets import Scrubber, SecretsError, open_secrets
+from reactor.sealed import Scrubber, SecretsError, open_secrets
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from reactor.secrets import Scrubber
+from reactor.sealed import Scrubber
 from reactor.writers.base import AUTH_TOKEN_ERRORS
 from reactor.xrpc import XrpcClient, XrpcError
 
