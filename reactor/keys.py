@@ -6,16 +6,15 @@ never overwritten: losing them would orphan every secret sealed to this runner.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import coincurve
-from atproto_crypto.consts import SECP256K1_JWT_ALG
-from atproto_crypto.did import format_did_key
-from atproto_crypto.multibase import bytes_to_multibase
+from atproto_crypto.multibase import bytes_to_multibase, multibase_to_bytes
 from nacl.public import PrivateKey, SealedBox
+
+from reactor.sync.keys import SigningKey
 
 ENCRYPTION_KEY_FILE = "encryption.x25519"
 SIGNING_KEY_FILE = "signing.secp256k1"
@@ -66,8 +65,6 @@ def x25519_did_key(public_key: bytes) -> str:
 
 
 def x25519_from_did_key(did_key: str) -> bytes:
-    from atproto_crypto.multibase import multibase_to_bytes
-
     raw = multibase_to_bytes(did_key.removeprefix("did:key:"))
     if not raw.startswith(_X25519_PUB_MULTICODEC) or len(raw) != 34:
         raise KeyFileError(f"{did_key!r} is not an X25519 did:key")
@@ -77,13 +74,13 @@ def x25519_from_did_key(did_key: str) -> bytes:
 @dataclass(frozen=True)
 class RunnerKeys:
     encryption: PrivateKey
-    signing: coincurve.PrivateKey
+    signing: SigningKey
 
     @classmethod
     def load(cls, keys_dir: Path) -> "RunnerKeys":
         return cls(
             encryption=PrivateKey(_read_key(keys_dir / ENCRYPTION_KEY_FILE)),
-            signing=coincurve.PrivateKey(_read_key(keys_dir / SIGNING_KEY_FILE)),
+            signing=SigningKey(_read_key(keys_dir / SIGNING_KEY_FILE), "secp256k1"),
         )
 
     @property
@@ -92,21 +89,12 @@ class RunnerKeys:
 
     @property
     def signing_did_key(self) -> str:
-        return format_did_key(SECP256K1_JWT_ALG, self.signing.public_key.format(compressed=True))
+        return self.signing.did_key()
 
     def open_sealed(self, box: bytes) -> bytes:
         """Open a libsodium sealed box addressed to this runner (raises nacl CryptoError)."""
         return SealedBox(self.encryption).decrypt(box)
 
     def sign(self, message: bytes) -> bytes:
-        """ECDSA over SHA-256, compact r‖s, low-S (libsecp256k1 always normalises S)."""
-        digest = hashlib.sha256(message).digest()
-        der = self.signing.sign(digest, hasher=None)
-        return _der_to_compact(der)
-
-
-def _der_to_compact(der: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-    r, s = decode_dss_signature(der)
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        """ECDSA over SHA-256, compact r‖s, low-S: the atproto signature convention."""
+        return self.signing.sign(message)
