@@ -119,7 +119,8 @@ class Follows:
         if state is not None:
             self.loaded_at = state.loaded_at
         log.info("follows.cached", source=self.source, size=len(self.subjects))
-        self._changed(frozenset(), "cache", quiet=True)
+        if self._records:
+            self._changed(frozenset(), "cache", quiet=True)
         await self._ingestion.track(self.source, COLLECTIONS, self._on_records, resync=self._on_resync)
         first = self._spawn(self.refresh("start"))
         try:
@@ -242,12 +243,11 @@ class Follows:
 
     def _changed(self, old: frozenset[str], why: str, *, quiet: bool = False) -> None:
         new = self.subjects
-        if new == old and not quiet:
+        if new == old:
             return
         self._on_change(new)  # the policy first: a backfill of a new follow must be allowed
-        for did in sorted(new - old):
-            if not quiet:
-                log.info("follows.followed", source=self.source, did=did, why=why)
+        for did in sorted(new - old) if not quiet else ():
+            log.info("follows.followed", source=self.source, did=did, why=why)
         for did in sorted(old - new):
             log.info("follows.unfollowed", source=self.source, did=did, why=why)
         self.kick()

@@ -61,8 +61,10 @@ class OutboxDrain:
                 written = 0
             if written:
                 continue  # more may be due already
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
 
     async def drain_once(self) -> int:
         """One pass over the items due now; returns how many were written."""

@@ -212,9 +212,7 @@ class Services:
             await self.follows.stop()
         await self.ingestion.stop()
         await self.dispatcher.stop(drain_timeout)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await _cancel_all(self.tasks)
         await self.executor.drain(drain_timeout)
         await self.executor.shutdown()
         await self.xrpc.aclose()
@@ -229,3 +227,15 @@ class Services:
         return {"store": "ok" if store_ok else "unavailable", "ingest": self.ingestion.health(),
                 "access": {"mode": self.policy.mode, "size": self.policy.size,
                            **({"follows": self.follows.health()} if self.follows is not None else {})}}
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and wait, cancelling again any task that swallowed it: on 3.11 `asyncio.wait_for`
+    returns normally when the awaited future completes just as the cancel arrives (e.g. a poll
+    loop's wake event set by the last result), and the loop would then run on forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ hit a limit are retired and never handed out again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -351,10 +352,10 @@ class Pool:
                         self.retire(inst, "crashed")
             except Exception:  # noqa: BLE001 - maintenance must outlive any one failure
                 log.exception("sandbox.maintenance_failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), tick)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
             self._wake.clear()
 
     def _reclaim_idle(self) -> None:

@@ -205,7 +205,8 @@ class SandboxExecutor:
         async with self.pool.cond:
             self.pool.cond.notify_all()  # queued callers learn we are closing
         try:
-            await asyncio.wait_for(self._idle.wait(), deadline)
+            async with asyncio.timeout(deadline):
+                await self._idle.wait()
         except TimeoutError:
             log.warning("sandbox.drain_deadline", inflight=self._inflight)
         await self.shutdown()

@@ -24,7 +24,8 @@ from reactor.records import now_datetime
 from reactor.store import Store, identities, invocations
 from reactor.store import follows as follow_store
 from reactor.store.identities import Identity
-from reactor.sync.testing import RepoBuilder, Write, random_did
+from reactor.sync.keys import SigningKey
+from reactor.sync.testing import RepoBuilder, Write
 from reactor.sync.tid import make_tid
 from reactor.sync.verify import VerifiedRecord
 from reactor.xrpc import XrpcClient
@@ -142,8 +143,6 @@ async def test_only_the_source_repos_follow_commits_are_verified(processor: tupl
         (source.did, [("delete", create.path.split("/")[1], None)]),
     ]
     # A forged follow commit from the source is rejected like any other bad commit.
-    from reactor.sync.keys import SigningKey
-
     bad = metrics.value(metrics.events_rejected, reason="bad_signature")
     await proc.handle_frame("src", source.commit([follow_write(C, 3)], signer=SigningKey.generate()).frame)
     assert metrics.value(metrics.events_rejected, reason="bad_signature") == bad + 1 and len(seen) == 2

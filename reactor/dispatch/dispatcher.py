@@ -8,6 +8,7 @@ row commit in one transaction, keyed by the invocation's at-uri.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Callable
 
@@ -59,10 +60,10 @@ class Dispatcher:
                 self._tasks.add(task)
                 task.add_done_callback(lambda t, a=author, u=inv.uri: self._finished(t, a, u))
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self._wake.wait()
 
     def _finished(self, task: asyncio.Task[None], author: str, uri: str) -> None:
         self._tasks.discard(task)
