@@ -14,7 +14,9 @@ request than the server does, on the same 2 cores):
     isolation, warmed), once shaped like an invoke call and once like a /b/ call.
 
 Each series runs at concurrency 1 (latency p50/p95) and 32 (throughput; one connection per
-worker); warm-up requests are not counted. Overhead = p50 through HTTP - p50 bare.
+worker); warm-up requests are not counted. Overhead = p50 through HTTP - p50 bare. Each line
+also shows CPU time per request of the server process, its sandbox processes and this client
+(all share the machine's cores, so the server's CPU per request bounds the req/s).
 Targets: <= 2 ms added at p50, >= 1,000 req/s at concurrency 32 on a 2-core machine.
 The last line is one JSON object; its main keys are for invoke, `b_*` for the /b/ route:
 
@@ -33,21 +35,30 @@ _BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
 sys.path.insert(0, str(_BENCH_DIR.parent))
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Awaitable, Callable  # noqa: E402
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import structlog  # noqa: E402
+import structlog
 
-from sandboxes import ExecRequest, HttpRequest, Limits, PoolSettings, SandboxSettings, create_executor  # noqa: E402
-from tests.atnet import TestNetwork, ensure_installed  # noqa: E402
-from tests.http_kit import ServeProcess, service_token  # noqa: E402
-from tests.runner_kit import publish_bundle  # noqa: E402
+from sandboxes import (
+    ExecRequest,
+    HttpRequest,
+    Limits,
+    PoolSettings,
+    SandboxSettings,
+    create_executor,
+)
+from tests.atnet import TestNetwork, ensure_installed
+from tests.http_kit import ServeProcess, service_token
+from tests.runner_kit import publish_bundle
 
 BUNDLE = b"""export async function hello(args, ctx) {
   return { greeting: `hello ${args?.name ?? "world"}` };
@@ -62,9 +73,12 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def show(label: str, samples: list[float], rps: float | None = None) -> dict[str, float]:
+def show(label: str, samples: list[float], rps: float | None = None, cpu: dict[str, float] | None = None) \
+        -> dict[str, float]:
     stats = {"p50": round(statistics.median(samples), 3), "p95": round(pct(samples, 0.95), 3)}
-    extra = f"  {rps:>8.0f} req/s" if rps is not None else ""
+    extra = f"  {rps:>6.0f} req/s" if rps is not None else ""
+    if cpu:
+        extra += "  cpu/req: " + " ".join(f"{k} {v:.3f}" for k, v in cpu.items()) + " ms"
     print(f"{label:<26} n={len(samples):<6} p50={stats['p50']:>7.3f} ms  p95={stats['p95']:>7.3f} ms{extra}",
           flush=True)
     return stats
@@ -78,7 +92,7 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def open(self) -> "Connection":
+    async def open(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         return self
 
@@ -104,10 +118,35 @@ class Connection:
 
 
 Request = Callable[[Connection], Awaitable[None]]
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
-async def run_series(port: int, one: Request, count: int, concurrency: int, warmup: int) -> tuple[list[float], float]:
-    """`count` requests by `concurrency` workers (one connection each); latencies (ms) and req/s."""
+def cpu_ms(server: int) -> dict[str, float]:
+    """CPU time (ms) used so far by the live server process and by its descendants (the sandboxes)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])  # ppid (fields counted after "pid (comm)")
+        used[pid] = (int(fields[11]) + int(fields[12])) * _TICK_MS  # utime + stime
+    totals = {"server": used.get(server, 0.0), "sandboxes": 0.0}
+    for pid, cpu in used.items():
+        ancestor = parents.get(pid, 0)
+        while ancestor > 1 and ancestor != server:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == server and pid != server:
+            totals["sandboxes"] += cpu
+    return totals
+
+
+async def run_series(port: int, one: Request, count: int, concurrency: int, warmup: int,
+                     server: int | None = None) -> tuple[list[float], float, dict[str, float]]:
+    """`count` requests by `concurrency` workers (one connection each): latencies (ms), req/s and the
+    CPU time per request (ms) of the server, its sandboxes and this client."""
     conns = [await Connection("127.0.0.1", port).open() for _ in range(concurrency)]
     try:
         for i in range(warmup):
@@ -123,10 +162,14 @@ async def run_series(port: int, one: Request, count: int, concurrency: int, warm
                 await one(conn)
                 latencies.append((time.perf_counter() - start) * 1000)
 
+        before = cpu_ms(server) if server else {}
+        client_before = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in conns))
         elapsed = time.perf_counter() - started
-        return latencies, count / elapsed
+        cpu = {k: (v - before.get(k, 0.0)) / count for k, v in (cpu_ms(server) if server else {}).items()}
+        cpu["client"] = (time.process_time() - client_before) * 1000 / count
+        return latencies, count / elapsed, cpu
     finally:
         for conn in conns:
             await conn.close()
@@ -158,9 +201,11 @@ async def bare_series(isolation: str, count: int, warmup: int) -> dict[str, list
                                    pool=PoolSettings(prewarm={}))
         executor = create_executor(settings)
         await executor.start()
-        base = dict(bundle_key="at://bench/dev.atrun.bundle/hello#cid", mime_type="application/javascript",
-                    code_path=str(code), endpoint="hello", timeout=10.0,
-                    limits=Limits(memory_mb=128, pids=32, output_bytes=256 * 1024))
+        base: dict[str, Any] = {
+            "bundle_key": "at://bench/dev.atrun.bundle/hello#cid", "mime_type": "application/javascript",
+            "code_path": str(code), "endpoint": "hello", "timeout": 10.0,
+            "limits": Limits(memory_mb=128, pids=32, output_bytes=256 * 1024),
+        }
         shapes = {
             "invoke": ExecRequest(**base, args={"name": "bench"}),
             "b": ExecRequest(**base, args={}, request=HttpRequest(
@@ -209,7 +254,8 @@ async def main() -> None:
             })
             await serve.start()
             try:
-                results = await measure(serve.port, runner.did, author, uri, args)
+                assert serve.proc is not None
+                results = await measure(serve.port, serve.proc.pid, runner.did, author, uri, args)
             finally:
                 code = await serve.stop()
             if code != 0:
@@ -218,21 +264,22 @@ async def main() -> None:
     report(results, bare)
 
 
-async def measure(port: int, runner_did: str, author: Any, uri: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(port: int, server: int, runner_did: str, author: Any, uri: str,
+                  args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     body = json.dumps({"bundle": uri, "endpoint": "hello", "args": {"name": "bench"}}).encode()
 
     for concurrency, count in ((1, args.requests), (CONCURRENCY, args.c32_requests)):
         started = time.perf_counter()
-        tokens = iter(await mint_tokens(author, runner_did, count + args.warmup))
+        minted = iter(await mint_tokens(author, runner_did, count + args.warmup))
         print(f"minted {count + args.warmup} tokens in {time.perf_counter() - started:.1f} s", flush=True)
 
-        async def invoke(conn: Connection) -> None:
+        async def invoke(conn: Connection, tokens: Any = minted) -> None:
             status, reply = await conn.request("POST", "/xrpc/dev.atrun.invoke", {
                 "authorization": f"Bearer {next(tokens)}", "content-type": "application/json"}, body)
             assert status == 200, reply
 
-        results[f"invoke_c{concurrency}"] = await run_series(port, invoke, count, concurrency, args.warmup)
+        results[f"invoke_c{concurrency}"] = await run_series(port, invoke, count, concurrency, args.warmup, server)
 
     path = f"/b/{author.did}/hello/hello"
 
@@ -241,7 +288,7 @@ async def measure(port: int, runner_did: str, author: Any, uri: str, args: argpa
         assert status == 200, reply
 
     for concurrency, count in ((1, args.requests), (CONCURRENCY, args.c32_requests)):
-        results[f"b_c{concurrency}"] = await run_series(port, route, count, concurrency, args.warmup)
+        results[f"b_c{concurrency}"] = await run_series(port, route, count, concurrency, args.warmup, server)
     return results
 
 
@@ -249,21 +296,22 @@ def report(results: dict[str, Any], bare: dict[str, list[float]]) -> None:
     print()
     stats: dict[str, Any] = {}
     for name in ("invoke", "b"):
-        c1, rps1 = results[f"{name}_c1"]
-        c32, rps32 = results[f"{name}_c32"]
-        one = show(f"{name} c=1", c1, rps1)
-        show(f"{name} c={CONCURRENCY}", c32, rps32)
+        c1, rps1, cpu1 = results[f"{name}_c1"]
+        c32, rps32, cpu32 = results[f"{name}_c32"]
+        one = show(f"{name} c=1", c1, rps1, cpu1)
+        show(f"{name} c={CONCURRENCY}", c32, rps32, cpu32)
         raw = show(f"bare executor ({name})", bare[name])
         stats[name] = {
             "p50_ms": one["p50"], "p95_ms": one["p95"], "bare_ms": raw["p50"],
             "overhead_ms": round(one["p50"] - raw["p50"], 3), "ratio": round(one["p50"] / raw["p50"], 2),
-            "rps_c1": round(rps1), "rps_c32": round(rps32),
+            "rps_c1": round(rps1), "rps_c32": round(rps32), "server_cpu_ms_c32": round(cpu32.get("server", 0), 3),
         }
     inv, b = stats["invoke"], stats["b"]
     print(f"\ninvoke adds {inv['overhead_ms']:.3f} ms at p50 ({inv['ratio']}x bare), {inv['rps_c32']} req/s at c=32; "
           f"/b/ adds {b['overhead_ms']:.3f} ms ({b['ratio']}x), {b['rps_c32']} req/s "
           f"(targets: <= 2 ms, >= 1000 req/s)")
-    summary = {k: inv[k] for k in ("p50_ms", "p95_ms", "bare_ms", "overhead_ms", "rps_c32", "rps_c1", "ratio")}
+    summary = {k: inv[k] for k in ("p50_ms", "p95_ms", "bare_ms", "overhead_ms", "rps_c32", "rps_c1", "ratio",
+                                    "server_cpu_ms_c32")}
     summary.update({f"b_{k}": v for k, v in b.items()})
     print(json.dumps(summary))
 

@@ -95,6 +95,10 @@ class BundleCache:
         self._max_blob = max_blob_bytes
         self.prewarm: Prewarm | None = None
         self._ready: dict[tuple[str, str], ReadyBundle] = {}  # (uri, cid) is immutable content: safe to keep
+        # uri → cid of its live version, for calls that name no version (HTTP). Every write to a uri bumps
+        # its epoch, so a lookup that raced a write never installs a stale pointer.
+        self._latest: dict[str, str] = {}
+        self._epoch: dict[str, int] = {}
 
     async def fetch(self, *, uri: str, cid: str, author: str, record: dict[str, Any]) -> FetchedBundle:
         """Validate the manifest and fetch + verify its code blob (network; no transaction held)."""
@@ -121,8 +125,13 @@ class BundleCache:
         return FetchedBundle(uri=uri, cid=cid, author=author, manifest=manifest, record=record,
                              code_cid=code_cid, mime_type=blob.mime_type, code=data)
 
+    def _invalidate(self, uri: str) -> None:
+        self._epoch[uri] = self._epoch.get(uri, 0) + 1
+        self._latest.pop(uri, None)
+
     async def save(self, conn: aiosqlite.Connection, fetched: FetchedBundle) -> None:
         """Store inside the caller's transaction (with the cursor of the event that named it)."""
+        self._invalidate(fetched.uri)
         if fetched.code is not None:
             await bundles.put_blob(conn, fetched.code_cid, fetched.mime_type, fetched.code)
         await bundles.put(conn, uri=fetched.uri, cid=fetched.cid, author=fetched.author,
@@ -142,13 +151,16 @@ class BundleCache:
 
     async def delete(self, conn: aiosqlite.Connection, uri: str) -> None:
         await bundles.mark_deleted(conn, uri)
+        self._invalidate(uri)
         for key in [k for k in self._ready if k[0] == uri]:
             del self._ready[key]
 
     async def ready(self, uri: str, cid: str | None = None) -> ReadyBundle | None:
         """A cached bundle with its code materialised on disk, or None if not cached."""
-        if cid is not None and (hit := self._ready.get((uri, cid))) is not None and hit.code_path.exists():
+        version = cid or self._latest.get(uri)
+        if version is not None and (hit := self._ready.get((uri, version))) is not None and hit.code_path.exists():
             return hit
+        epoch = self._epoch.get(uri, 0)
         async with self._store.read() as conn:
             cached = await (bundles.get(conn, uri, cid) if cid else bundles.latest(conn, uri))
             blob = await bundles.get_blob(conn, cached.code_cid) if cached else None
@@ -161,6 +173,8 @@ class BundleCache:
         if len(self._ready) >= 1024:
             self._ready.pop(next(iter(self._ready)))
         self._ready[(cached.uri, cached.cid)] = ready
+        if cid is None and self._epoch.get(uri, 0) == epoch:
+            self._latest[uri] = cached.cid
         return ready
 
     async def ready_or_fetch(self, uri: str, cid: str | None) -> ReadyBundle:

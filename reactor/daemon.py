@@ -13,6 +13,7 @@ import uvicorn
 
 from reactor import __version__
 from reactor.config import Config, ConfigError, load_config
+from reactor.api.admin import admin_routes, ensure_admin_token
 from reactor.api.app import create_app
 from reactor.services import Services
 
@@ -42,7 +43,8 @@ class Daemon:
         if self.services is None:
             return {**report, "ok": False, "store": "unavailable"}
         report.update(await self.services.health())
-        report["ok"] = report["store"] == "ok" and not self._stopping.is_set()
+        report["ok"] = (report["store"] == "ok" and report["pool"]["state"] == "ok"
+                        and not self._stopping.is_set())
         return report
 
     def reload(self) -> None:
@@ -71,7 +73,8 @@ class Daemon:
         self.services = services = await Services.open(self.config, dev=self.dev)
         try:
             await services.start()
-            app = create_app(services.api_context(self.health))
+            admin = admin_routes(ensure_admin_token(self.config.home), services.pool_actions())
+            app = create_app(services.api_context(self.health), extra_routes=admin)
             self._server = _Server(
                 uvicorn.Config(app, host=self.config.host, port=self.config.port, log_config=None,
                                access_log=False, lifespan="off")

@@ -225,8 +225,20 @@ class Services:
         except Exception:  # noqa: BLE001 - a broken store is exactly what health reports
             store_ok = False
         return {"store": "ok" if store_ok else "unavailable", "ingest": self.ingestion.health(),
+                "pool": await self._pool_health(),
                 "access": {"mode": self.policy.mode, "size": self.policy.size,
                            **({"follows": self.follows.health()} if self.follows is not None else {})}}
+
+    async def _pool_health(self) -> dict[str, Any]:
+        """A summary of the sandbox pool (no per-bundle detail: health is public)."""
+        try:
+            stats = await self.executor.stats()
+        except Exception as error:  # noqa: BLE001 - a broken pool is exactly what health reports
+            log.warning("health.pool_failed", error=str(error))
+            return {"state": "unavailable"}
+        summary = {k: stats[k] for k in ("backend", "instances", "busy", "starting", "maxInstances", "inflight")
+                   if k in stats}
+        return {"state": "closing" if stats.get("closing") else "ok", **summary}
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

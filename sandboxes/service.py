@@ -195,6 +195,7 @@ class SandboxExecutor:
             "isolating": self._backend.isolating,
             "cgroups": self.cgroups.describe() if self.cgroups else None,
             "inflight": self._inflight,
+            "closing": self.pool.closing or self._closed,
             "spares": self.launcher.spare_count(),
             **self.pool.stats(),
         }

@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -159,14 +160,18 @@ class ServeProcess:
         tmp.write_text(to_toml(self.config))
         os.replace(tmp, self.config_path)
 
-    async def start(self, timeout: float = 60) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.home.mkdir(parents=True, exist_ok=True)
         self.write_config()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "reactor.cli", "serve", "--dev", "--config", str(self.config_path)],
                 env=cli_env(self.home), stdout=log, stderr=log, start_new_session=True,
             )
+
+    async def start(self, timeout: float = 60) -> None:
+        """Spawn the server and wait until /xrpc/_health answers 200."""
+        self.proc = self._spawn()
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as http:
             while True:

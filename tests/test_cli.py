@@ -55,7 +55,9 @@ def test_keys_without_init_fails_cleanly(tmp_path: Path) -> None:
 
 def test_every_command_has_help(tmp_path: Path) -> None:
     for args in (["--help"], ["init", "--help"], ["serve", "--help"], ["keys", "--help"],
-                 ["runtime", "--help"], ["runtime", "list", "--help"]):
+                 ["runtime", "--help"], ["runtime", "list", "--help"], ["access", "list", "--help"],
+                 ["pool", "status", "--help"], ["pool", "warm", "--help"], ["pool", "drain", "--help"],
+                 ["seal", "--help"], ["grant", "--help"], ["verify", "--help"]):
         out = run_cli(tmp_path, *args)
         assert out.returncode == 0, (args, out.stderr)
         assert "usage:" in out.stdout

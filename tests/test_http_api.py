@@ -8,14 +8,13 @@ import base64
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
@@ -93,6 +92,7 @@ async def env(atnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> A
         http={"max_body_bytes": 4096, "max_headers": 24},
     )
     web_uri, web_cid = await publish_bundle(alice, "web", WEB_JS)
+    await publish_bundle(alice, "sleepy", WEB_JS, limits={"timeoutMs": 300})
     for author in (mallory, busy, chatty):
         await publish_bundle(author, "web", WEB_JS)
     async with running_api(config) as api:
@@ -284,6 +284,19 @@ async def test_invoke_request_errors(env: Env) -> None:
         assert_xrpc_error(big, 413, "PayloadTooLarge")
 
 
+async def test_timeouts_are_504(env: Env) -> None:
+    sleepy = f"at://{env.alice.did}/dev.atrun.bundle/sleepy"
+    async with env.client() as http:
+        invoked = await http.post(INVOKE_URL, headers=bearer(await env.token()),
+                                  json={"bundle": sleepy, "endpoint": "slow", "args": {"ms": 3000}})
+        routed = await http.get(f"/b/{env.alice.did}/sleepy/slow", headers={"x-ms": "3000"})
+        quick = await http.post(INVOKE_URL, headers=bearer(await env.token()),
+                                json={"bundle": sleepy, "endpoint": "slow", "args": {"ms": 1}})
+    assert_xrpc_error(invoked, 504, "Timeout")
+    assert_xrpc_error(routed, 504, "Timeout")
+    assert quick.status_code == 200 and quick.json()["output"] == {"slept": True}
+
+
 async def test_invoke_quota_per_caller(env: Env) -> None:
     async with env.client() as http:
         statuses = []
@@ -336,7 +349,12 @@ async def test_http_route_json_endpoint_and_errors(env: Env) -> None:
         missing = await http.get(f"/b/{env.alice.did}/nope/hello")
         failed = await http.get(f"/b/{env.alice.did}/web/boom")
         unknown_handle = await http.get("/b/nobody-here.test/web/hello")
+        # not handles: never looked up on the network
+        not_handles = [await http.get(f"/b/{name}/web/hello") for name in
+                       ("169.254.169.254", "localhost", "printer.local", "did:key:z6Mk", "a_b.test")]
     assert hello.status_code == 200 and hello.json() == {"greeting": "hello world"}
+    for response in not_handles:
+        assert_xrpc_error(response, 400, "InvalidRequest")
     assert hello.headers["content-type"] == "application/json"
     assert_xrpc_error(missing, 404, "BundleNotFound")
     assert_xrpc_error(failed, 502, "ExecutionFailed", message="kaboom")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -10,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from reactor.api.bundle_routes import bundle_route
 from reactor.api.context import ApiContext
@@ -25,29 +26,8 @@ DESCRIBE_TTL_S = 5.0  # describe() lists runtimes from disk: not on every reques
 
 
 async def health(request: Request) -> JSONResponse:
-    ctx: ApiContext = request.app.state.ctx
-    report = await ctx.health()
-    pool = await _pool_health(ctx)
-    if pool is not None and "pool" not in report:
-        report["pool"] = pool
-        report["ok"] = bool(report.get("ok")) and pool["state"] == "ok"
+    report = await request.app.state.ctx.health()
     return JSONResponse(report, status_code=200 if report.get("ok") else 503)
-
-
-async def _pool_health(ctx: ApiContext) -> dict[str, Any] | None:
-    """A summary of the sandbox pool (no per-bundle detail: health is public)."""
-    executor = getattr(ctx.calls, "_executor", None)  # CallRunner has no public accessor for it
-    if executor is None:
-        return None
-    try:
-        stats = await executor.stats()
-    except Exception as error:  # noqa: BLE001 - a broken pool is exactly what health reports
-        log.warning("health.pool_failed", error=str(error))
-        return {"state": "unavailable"}
-    closing = bool(getattr(getattr(executor, "pool", None), "closing", False))
-    summary = {k: stats[k] for k in ("backend", "instances", "busy", "starting", "maxInstances", "inflight")
-               if k in stats}
-    return {"state": "closing" if closing else "ok", **summary}
 
 
 async def describe_runner(request: Request) -> JSONResponse:
@@ -102,9 +82,11 @@ async def server_error(_: Request, __: Exception) -> Response:
     return internal_error().response()
 
 
-def create_app(ctx: ApiContext) -> RequestContext:
+def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> RequestContext:
+    """The runner's ASGI app; `extra_routes` (e.g. operator-only routes) share its errors and request ids."""
     app = Starlette(
         routes=[
+            *extra_routes,
             Route("/xrpc/_health", health, methods=["GET"]),
             Route("/xrpc/dev.atrun.describeRunner", describe_runner, methods=["GET"]),
             Route("/xrpc/dev.atrun.invoke", invoke, methods=["POST"]),

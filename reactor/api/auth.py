@@ -71,6 +71,8 @@ class ServiceAuth:
     def __init__(self, identity: IdentityResolver, runner_did: str) -> None:
         self._identity = identity
         self._runner_did = runner_did
+        # the DID, or the DID with the service id of its did.json (`did#atrun_runner`), as in appview tokens
+        self._audiences = {runner_did, f"{runner_did}#atrun_runner"}
         self._replays = ReplayCache()
         self._keys = KeyCache()
         self._refreshed: dict[str, float] = {}
@@ -90,9 +92,9 @@ class ServiceAuth:
         identity = await self._resolve(did, force=False)
         if not identity.active:
             raise forbidden(f"the caller's account is {identity.status}")
-        if not self._signature_ok(identity.signing_key, signing_input, signature):
-            if not await self._retry_with_fresh_key(did, identity.signing_key, signing_input, signature):
-                raise invalid_token("token signature does not match the issuer's signing key")
+        if not self._signature_ok(identity.signing_key, signing_input, signature) \
+                and not await self._retry_with_fresh_key(did, identity.signing_key, signing_input, signature):
+            raise invalid_token("token signature does not match the issuer's signing key")
         assert payload.exp is not None
         if not self._replays.claim((did, jti), float(payload.exp), time.time()):
             raise invalid_token("token was already used (jti replay)")
@@ -107,7 +109,7 @@ class ServiceAuth:
             raise invalid_token(f"token must expire within {MAX_LIFETIME_S} s")
         if payload.iat is not None and payload.iat > now + CLOCK_SKEW_S:
             raise invalid_token("token is not valid yet (iat in the future)")
-        if payload.aud != self._runner_did:
+        if not isinstance(payload.aud, str) or payload.aud not in self._audiences:
             raise invalid_token(f"token audience {_short(payload.aud)} is not this runner ({self._runner_did})")
         got = (payload.model_extra or {}).get("lxm")
         if got != lxm:

@@ -14,16 +14,17 @@ import json
 import re
 
 import structlog
-from sandboxes import HttpRequest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from reactor.api.authority import resolve_authority
 from reactor.api.body import read_capped
 from reactor.api.context import ApiContext
 from reactor.api.errors import XrpcHttpError, forbidden
-from reactor.api.invoke import raise_for_outcome, resolve_authority, run_call
+from reactor.api.invoke import raise_for_outcome, run_call
 from reactor.dispatch.execute import Call
 from reactor.records import BUNDLE_NSID
+from sandboxes import HttpRequest
 
 log = structlog.get_logger(__name__)
 

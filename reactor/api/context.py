@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from reactor.api.auth import ServiceAuth
 from reactor.api.quotas import Quotas
@@ -22,3 +23,5 @@ class ApiContext:
     quotas: Quotas
     health: Callable[[], Awaitable[dict[str, Any]]]
     describe: Callable[[], dict[str, Any]]
+    # handle → (when, why) for handles that did not resolve (see reactor.api.authority)
+    unresolvable: dict[str, tuple[float, str]] = field(default_factory=dict)

@@ -10,11 +10,16 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from reactor.api.authority import resolve_authority
 from reactor.api.body import read_capped
 from reactor.api.context import ApiContext
-from reactor.api.errors import XrpcHttpError, bundle_not_found, forbidden, invalid_request
+from reactor.api.errors import (
+    XrpcHttpError,
+    bundle_not_found,
+    forbidden,
+    invalid_request,
+)
 from reactor.dispatch.execute import Call, CallResult, ExecutorCrashed
-from reactor.identity import IdentityError
 from reactor.records import BUNDLE_NSID, InvokeInput
 from reactor.results import shape_output
 
@@ -22,16 +27,6 @@ log = structlog.get_logger(__name__)
 
 NSID = "dev.atrun.invoke"
 _NOT_FOUND = {"not_found", "not_a_bundle", "cid_mismatch"}
-
-
-async def resolve_authority(ctx: ApiContext, authority: str) -> str:
-    """A DID as is; a handle through the runner's resolver (confirmed both ways)."""
-    if authority.startswith("did:"):
-        return authority
-    try:
-        return await ctx.identity.resolve_handle(authority)
-    except IdentityError as error:
-        raise bundle_not_found(str(error)) from None
 
 
 def result_body(result: CallResult, max_output_bytes: int) -> dict[str, Any]:

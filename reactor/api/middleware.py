@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
@@ -54,7 +55,7 @@ class RequestContext:
                     await too_many_headers(self.max_headers).response()(scope, receive, send_with_id)
                 else:
                     await self.app(scope, receive, send_with_id)
-            except Exception:  # noqa: BLE001 - clients get a clean 500, the log gets the trace
+            except Exception:  # clients get a clean 500, the log gets the trace
                 log.exception("http.unhandled", method=scope.get("method"), path=scope.get("path"))
                 if not status:
                     await internal_error().response()(scope, receive, send_with_id)

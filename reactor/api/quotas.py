@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from reactor.api.errors import rate_limited
 

@@ -16,7 +16,7 @@ from reactor import metrics
 from reactor.bundles import BundleCache, BundleError, FetchedBundle
 from reactor.intake import Intake
 from reactor.records import ipld_to_json
-from reactor.store import Store, cursors, repos
+from reactor.store import Store, bundles, cursors, repos
 from reactor.sync.verify import VerifiedRecord
 
 log = structlog.get_logger(__name__)
@@ -73,6 +73,15 @@ class Applier:
         for bundle in fetched.values():
             log.info("bundle.cached", uri=bundle.uri, cid=bundle.cid, code=bundle.code_cid)
             await self._bundles.saved(bundle)
+
+
+    async def mark_gone(self, did: str, present: set[str]) -> None:
+        """Bundles we hold for `did` that its repo no longer has were deleted while we weren't looking."""
+        async with self._store.transaction() as conn:
+            for cached in await bundles.list_live(conn, author=did):
+                if cached.uri not in present:
+                    await self._bundles.delete(conn, cached.uri)
+                    log.info("bundle.gone", uri=cached.uri)
 
 
 def _json_form(rec: VerifiedRecord) -> VerifiedRecord:

@@ -104,8 +104,4 @@ class Backfiller:
 
     async def _mark_gone(self, did: str, records: list[VerifiedRecord]) -> None:
         present = {f"at://{did}/{r.collection}/{r.rkey}" for r in records if r.collection == BUNDLE}
-        async with self._store.transaction() as conn:
-            for cached in await bundles.list_live(conn, author=did):
-                if cached.uri not in present:
-                    await bundles.mark_deleted(conn, cached.uri)
-                    log.info("bundle.gone", uri=cached.uri)
+        await self._applier.mark_gone(did, present)
