@@ -10,23 +10,26 @@ measured in the same run. Last line: {"p50_ms", "p95_ms", "create_record_ms", "r
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds http.py: its directory must not shadow the standard library's `http` (httpx needs it).
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
+
 import argparse
 import asyncio
 import base64
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import libipld
 import websockets
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from reactor.records import now_datetime  # noqa: E402
 from reactor.sealed import seal  # noqa: E402

@@ -8,7 +8,7 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 from reactor.config import Config, ConfigError, default_config_path, load_config
 from reactor.keys import KeyFileError, RunnerKeys, ensure_keys
@@ -82,8 +82,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(f"no runner keys in {config.keys_dir}: run `at-rund init` first")
         ensure_keys(config.keys_dir)
     path = Path(args.config).expanduser() if args.config else None
-    asyncio.run(Daemon(config, dev=args.dev, config_path=path).run())
+    _run_loop(Daemon(config, dev=args.dev, config_path=path).run())
     return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (faster sockets and timers on the hot paths), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def cmd_runtime_list(args: argparse.Namespace) -> int:
