@@ -27,13 +27,13 @@ import structlog
 from reactor.access import AccessPolicy, Source
 from reactor.config import Config
 from reactor.identity import IdentityError, IdentityResolver
-from reactor.ingest.backfill import MAX_REPO_BYTES
+from reactor.ingest.repo_export import fetch_verified_repo
 from reactor.ingest.service import Ingestion
 from reactor.store import Store, identities
 from reactor.store import follows as follow_store
 from reactor.sync.errors import SyncError
 from reactor.sync.keys import KeyCache
-from reactor.sync.verify import VerifiedRecord, verify_repo_car
+from reactor.sync.verify import VerifiedRecord
 from reactor.xrpc import XrpcClient, XrpcError
 
 log = structlog.get_logger(__name__)
@@ -189,25 +189,13 @@ class Follows:
                         await self._apply(rev, records)
 
     async def _fetch(self) -> tuple[str, dict[str, str]]:
-        identity = await self._identity.resolve(self.source)
-        car = await self._xrpc.get_repo(identity.pds or "", self.source, limit=MAX_REPO_BYTES)
-        try:
-            rev, records = await self._verify(car, force=False)
-        except SyncError as error:
-            if error.reason != "bad_signature":
-                raise
-            rev, records = await self._verify(car, force=True)
+        rev, records = await fetch_verified_repo(self._identity, self._xrpc, self._keys, self.source, COLLECTIONS)
         rows: dict[str, str] = {}
         for rec in records:
             subject = subject_of(rec.record)
             if subject is not None:
                 rows[rec.rkey] = subject
         return rev, rows
-
-    async def _verify(self, car: bytes, *, force: bool) -> tuple[str, list[VerifiedRecord]]:
-        identity = await self._identity.resolve(self.source, force=force)
-        key = self._keys.get(identity.signing_key or "")
-        return await asyncio.to_thread(verify_repo_car, car, self.source, key, COLLECTIONS)
 
     # -- live ------------------------------------------------------------------------------------
 

@@ -15,15 +15,13 @@ from reactor import metrics
 from reactor.identity import IdentityError, IdentityResolver
 from reactor.ingest.apply import BUNDLE, Applier
 from reactor.ingest.processor import EventProcessor
+from reactor.ingest.repo_export import fetch_verified_repo
 from reactor.store import Store, bundles, invocations, repos
 from reactor.sync.errors import SyncError
-from reactor.sync.verify import VerifiedRecord, verify_repo_car
+from reactor.sync.verify import VerifiedRecord
 from reactor.xrpc import XrpcClient, XrpcError
 
 log = structlog.get_logger(__name__)
-
-MAX_REPO_BYTES = 256 * 1024 * 1024
-
 
 class Backfiller:
     def __init__(self, store: Store, identity: IdentityResolver, xrpc: XrpcClient, processor: EventProcessor,
@@ -59,9 +57,8 @@ class Backfiller:
     async def backfill(self, did: str, why: str) -> None:
         log.info("backfill.start", did=did, why=why)
         try:
-            identity = await self._identity.resolve(did)
-            car = await self._xrpc.get_repo(identity.pds or "", did, limit=MAX_REPO_BYTES)
-            rev, records = await self._verify(did, car)
+            rev, records = await fetch_verified_repo(self._identity, self._xrpc, self._processor.keys, did,
+                                                     self._collections)
         except (XrpcError, IdentityError, SyncError) as error:
             reason = getattr(error, "reason", type(error).__name__)
             metrics.backfills.labels(outcome="failed").inc()
@@ -77,16 +74,6 @@ class Backfiller:
             await repos.mark_backfilled(conn, did, None)
         metrics.backfills.labels(outcome="done").inc()
         log.info("backfill.done", did=did, rev=rev, records=len(records), new=len(fresh))
-
-    async def _verify(self, did: str, car: bytes) -> tuple[str, list[VerifiedRecord]]:
-        key = await self._processor.key_for(did)
-        try:
-            return await asyncio.to_thread(verify_repo_car, car, did, key, self._collections)
-        except SyncError as error:
-            if error.reason != "bad_signature":
-                raise
-        key = await self._processor.key_for(did, force=True)
-        return await asyncio.to_thread(verify_repo_car, car, did, key, self._collections)
 
     async def _new_records(self, did: str, records: list[VerifiedRecord]) -> list[VerifiedRecord]:
         """Only what we have not seen: unknown bundle versions and unknown invocations."""

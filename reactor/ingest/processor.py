@@ -57,7 +57,7 @@ class EventProcessor:
         self._identity = identity
         self._applier = applier
         self._filter = CommitFilter(collections)
-        self._keys = KeyCache()
+        self.keys = KeyCache()
         self.resync = resync
         self.on_gap: Gap | None = None
         self._backfilling: dict[str, list[CommitEvent]] = {}
@@ -233,7 +233,7 @@ class EventProcessor:
 
     async def _key(self, did: str, *, force: bool) -> PublicKey:
         identity = await self._identity.resolve(did, force=force)
-        return self._keys.get(identity.signing_key or "")
+        return self.keys.get(identity.signing_key or "")
 
     async def key_for(self, did: str, *, force: bool = False) -> PublicKey:
         return await self._key(did, force=force)

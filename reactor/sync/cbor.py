@@ -21,7 +21,8 @@ class Link(bytes):
     __slots__ = ()
 
 
-def _head(major: int, n: int) -> bytes:
+def head(major: int, n: int) -> bytes:
+    """A CBOR item head: major type and argument, in the shortest (canonical) form."""
     m = major << 5
     if n < 24:
         return bytes((m | n,))
@@ -43,14 +44,14 @@ def _key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
 
 def _enc(value: Any, out: list[bytes]) -> None:
     if isinstance(value, Link):
-        out.append(b"\xd8\x2a" + _head(2, len(value) + 1) + b"\x00" + bytes(value))
+        out.append(b"\xd8\x2a" + head(2, len(value) + 1) + b"\x00" + bytes(value))
     elif isinstance(value, (bytes, bytearray, memoryview)):
         b = bytes(value)
-        out.append(_head(2, len(b)))
+        out.append(head(2, len(b)))
         out.append(b)
     elif isinstance(value, str):
         b = value.encode()
-        out.append(_head(3, len(b)))
+        out.append(head(3, len(b)))
         out.append(b)
     elif value is True:
         out.append(b"\xf5")
@@ -59,21 +60,21 @@ def _enc(value: Any, out: list[bytes]) -> None:
     elif value is None:
         out.append(b"\xf6")
     elif isinstance(value, int):
-        out.append(_head(0, value) if value >= 0 else _head(1, -1 - value))
+        out.append(head(0, value) if value >= 0 else head(1, -1 - value))
     elif isinstance(value, float):
         out.append(b"\xfb" + struct.pack(">d", value))
     elif isinstance(value, (list, tuple)):
-        out.append(_head(4, len(value)))
+        out.append(head(4, len(value)))
         for v in value:
             _enc(v, out)
     elif isinstance(value, dict):
         items = sorted(value.items(), key=_key_order)
-        out.append(_head(5, len(items)))
+        out.append(head(5, len(items)))
         for k, v in items:
             if not isinstance(k, str):
                 raise TypeError("DAG-CBOR map keys must be strings")
             kb = k.encode()
-            out.append(_head(3, len(kb)))
+            out.append(head(3, len(kb)))
             out.append(kb)
             _enc(v, out)
     else:

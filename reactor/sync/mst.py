@@ -23,6 +23,7 @@ from hashlib import sha256
 
 import libipld
 
+from .cbor import head
 from .cid import cid_for_cbor
 from .errors import CarError, MstError
 
@@ -66,17 +67,6 @@ class Node:
 Ref = Node | bytes | None
 
 
-def _head(major: int, n: int) -> bytes:
-    m = major << 5
-    if n < 24:
-        return bytes((m | n,))
-    if n < 0x100:
-        return bytes((m | 24, n))
-    if n < 0x10000:
-        return bytes((m | 25,)) + n.to_bytes(2, "big")
-    return bytes((m | 26,)) + n.to_bytes(4, "big")
-
-
 _LINK36 = b"\xd8\x2a\x58\x25\x00"  # tag 42 + bytes(37) + identity multibase prefix
 
 
@@ -85,7 +75,7 @@ def _link(cid: bytes | None) -> bytes:
         return b"\xf6"
     if len(cid) == 36:
         return _LINK36 + cid
-    return b"\xd8\x2a" + _head(2, len(cid) + 1) + b"\x00" + cid
+    return b"\xd8\x2a" + head(2, len(cid) + 1) + b"\x00" + cid
 
 
 def _common(a: bytes, b: bytes) -> int:
@@ -97,7 +87,7 @@ def _common(a: bytes, b: bytes) -> int:
 
 def encode_node(keys: list[bytes], vals: list[bytes], child_cids: list[bytes | None]) -> bytes:
     """Canonical DAG-CBOR of a node, with prefix-compressed keys."""
-    out = [b"\xa2\x61e", _head(4, len(keys))]
+    out = [b"\xa2\x61e", head(4, len(keys))]
     append = out.append
     prev = b""
     for i, key in enumerate(keys):
@@ -105,10 +95,10 @@ def encode_node(keys: list[bytes], vals: list[bytes], child_cids: list[bytes | N
         ls = len(key) - p
         append(
             b"\xa4\x61k"
-            + (bytes((0x40 | ls,)) if ls < 24 else _head(2, ls))
+            + (bytes((0x40 | ls,)) if ls < 24 else head(2, ls))
             + key[p:]
             + b"\x61p"
-            + (bytes((p,)) if p < 24 else _head(0, p))
+            + (bytes((p,)) if p < 24 else head(0, p))
             + b"\x61t"
             + _link(child_cids[i + 1])
             + b"\x61v"
