@@ -33,6 +33,10 @@ class IdentityResolver:
         self._resolver = AsyncIdResolver(plc_url=plc_url.rstrip("/"), timeout=timeout_s)
         self._ttl_s = ttl_s
         self._memory: dict[str, Identity] = {}
+        # DIDs that just failed to resolve: hostile input (forged tokens, random /b/ authors) must not
+        # turn every request into a PLC lookup.
+        self._failed: dict[str, tuple[float, str]] = {}
+        self.negative_ttl_s = 30.0
         self._inflight: dict[str, asyncio.Future[Identity]] = {}
 
     async def resolve(self, did: str, *, force: bool = False) -> Identity:
@@ -45,6 +49,9 @@ class IdentityResolver:
             if cached is not None and cached.signing_key and identities.is_fresh(cached, self._ttl_s):
                 self._memory[did] = cached
                 return cached
+        failed = self._failed.get(did)
+        if failed is not None and time.monotonic() - failed[0] < self.negative_ttl_s:
+            raise IdentityError(failed[1])
         pending = self._inflight.get(did)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -54,6 +61,13 @@ class IdentityResolver:
             identity = await self._fetch(did)
             future.set_result(identity)
             return identity
+        except IdentityError as error:
+            if len(self._failed) > 10_000:
+                self._failed.clear()
+            self._failed[did] = (time.monotonic(), str(error))
+            future.set_exception(error)
+            future.exception()
+            raise
         except BaseException as error:
             future.set_exception(error)
             future.exception()  # mark retrieved: waiters re-raise it themselves
