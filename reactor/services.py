@@ -74,9 +74,13 @@ class Services:
             log.warning("access.follows_need_restart", hint='mode "follows" is loaded on start: restart at-rund')
         elif self.follows is not None and (access.follows_of or self.config.did) != self.follows.source:
             log.warning("access.follows_of_need_restart", hint="a new follows_of takes effect on restart")
+        mode_changed = access.mode != self.config.access.mode
+        self.config = self.config.model_copy(update={"access": access})
         self.set_policy(AccessPolicy.from_config(access, follows=self.policy.follows))
         if self.follows is not None:
             self.follows.kick()  # the blocklist may have changed: blocked accounts are not watched
+        if mode_changed:  # the runner declaration advertises the access mode
+            self.tasks.append(asyncio.create_task(self.declare(), name="declare"))
 
     def set_follows(self, follows: frozenset[str]) -> None:
         self.set_policy(self.policy.with_follows(follows))
