@@ -152,3 +152,18 @@ async def test_info_and_error_frames(rig: Rig) -> None:
     with pytest.raises(SourceError) as error:
         await rig.processor.handle_frame(SOURCE, error_frame("FutureCursor", "ahead"))
     assert error.value.error == "FutureCursor"
+
+
+async def test_too_big_commit_resyncs_the_repo(rig: Rig) -> None:
+    repo = RepoBuilder()
+    await rig.trust(repo)
+    resynced: list[tuple[str, str]] = []
+
+    async def resync(did: str, why: str) -> None:
+        resynced.append((did, why))
+
+    rig.processor.resync = resync
+    built = repo.commit([invocation(1)])
+    await rig.processor.handle_frame(SOURCE, built.reframe(tooBig=True, blocks=b""))
+    assert resynced == [(repo.did, "tooBig commit")]
+    assert await rig.queued() == 0  # nothing was taken from an unverifiable frame

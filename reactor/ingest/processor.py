@@ -153,6 +153,9 @@ class EventProcessor:
                 await self._cursor(source, event.seq)
         except SyncError as error:
             self._reject(error.reason, source=source, did=did, error=str(error))
+            if error.reason == "too_big" and did is not None and self.resync is not None:
+                # The commit's records are not in the frame: read them from the repo instead.
+                await self.resync(did, "tooBig commit")
             await self._cursor(source, getattr(event, "seq", None))
         except IdentityError as error:
             self._reject("unresolvable_identity", source=source, did=did, error=str(error))
