@@ -108,12 +108,17 @@ class ExecResponse(_Wire):
     error: str | None = None
     error_kind: ErrorKind | None = None
     metrics: Metrics = Field(default_factory=Metrics)
+    # Set by the executor (never read from a runtime's reply): the instance died or misbehaved
+    # without hitting a limit, so the same call may well succeed on a fresh one.
+    crashed: bool = Field(False, exclude=True)
 
     @classmethod
-    def failure(cls, kind: ErrorKind, error: str, *, cold_start: bool = False, elapsed_ms: float = 0.0) -> ExecResponse:
+    def failure(cls, kind: ErrorKind, error: str, *, cold_start: bool = False, elapsed_ms: float = 0.0,
+                crashed: bool = False) -> ExecResponse:
         return cls(
             success=False,
             error=error,
             error_kind=kind,
+            crashed=crashed,
             metrics=Metrics(execution_time_ms=elapsed_ms, cold_start=cold_start),
         )

@@ -103,7 +103,7 @@ class SandboxExecutor:
             response = ExecResponse.failure("error", str(closing))
         except Exception as error:  # noqa: BLE001 - a sandbox failure is an answer, not a crash
             log.exception("sandbox.execute_failed", bundle=request.bundle_key)
-            response = ExecResponse.failure("error", f"sandbox failure: {error}")
+            response = ExecResponse.failure("error", f"sandbox failure: {error}", crashed=True)
         finally:
             if inst is not None:
                 await self.pool.release(inst, reuse=reuse)
@@ -150,10 +150,13 @@ class SandboxExecutor:
         if verdict is not None:
             return ExecResponse.failure("limitExceeded", verdict), False
         inst.counters = after
+        if isinstance(reply, dict):
+            reply.pop("crashed", None)  # only the executor itself may say an instance crashed
         try:
             return ExecResponse.model_validate(reply), True
         except ValidationError as error:
-            return ExecResponse.failure("error", f"executor sent an invalid reply: {error.errors()[0]['msg']}"), False
+            return ExecResponse.failure("error", f"executor sent an invalid reply: {error.errors()[0]['msg']}",
+                                        crashed=True), False
 
     @staticmethod
     def _limit_verdict(before: Counters, after: Counters, plan: Plan) -> str | None:
@@ -173,7 +176,8 @@ class SandboxExecutor:
             return ExecResponse.failure("limitExceeded", verdict)
         tail = stderr.strip().splitlines()[-3:]
         detail = f" (exit {code})" if code is not None else ""
-        return ExecResponse.failure("error", f"{reason}{detail}" + (": " + " | ".join(tail) if tail else ""))
+        return ExecResponse.failure("error", f"{reason}{detail}" + (": " + " | ".join(tail) if tail else ""),
+                                    crashed=True)
 
     async def warm(self, target: ExecRequest | str, count: int = 1) -> int:
         await self.start()

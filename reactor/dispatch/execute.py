@@ -103,6 +103,8 @@ class CallRunner:
         except Exception as error:  # noqa: BLE001 - any executor failure is a crash of the sandbox
             raise ExecutorCrashed(Scrubber(secrets).scrub(f"{type(error).__name__}: {error}")) from None
         metrics.execution_seconds.observe(time.monotonic() - started)
+        if response.crashed:
+            raise ExecutorCrashed(Scrubber(secrets).scrub(response.error or "the sandbox instance died"))
         outcome = _outcome(response, Scrubber(secrets))
         metrics.executions.labels(status=outcome.status).inc()
         return CallResult(outcome, response=_scrubbed(response, Scrubber(secrets)), bundle=bundle)

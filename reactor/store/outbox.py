@@ -25,6 +25,10 @@ class OutboxItem:
 _COLUMNS = "invocation_uri, repo, collection, rkey, record, attempts, next_attempt_at, last_error"
 
 
+def _item(r: aiosqlite.Row) -> OutboxItem:
+    return OutboxItem(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+
+
 async def add(
     conn: aiosqlite.Connection, *, invocation_uri: str, repo: str, collection: str,
     rkey: str | None, record: dict[str, Any],
@@ -45,7 +49,7 @@ async def due(conn: aiosqlite.Connection, now: float | None = None, limit: int =
         (now or time.time(), limit),
     ) as cur:
         rows = await cur.fetchall()
-    return [OutboxItem(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
+    return [_item(r) for r in rows]
 
 
 async def mark_written(conn: aiosqlite.Connection, invocation_uri: str, written_uri: str) -> None:
@@ -66,3 +70,9 @@ async def pending_count(conn: aiosqlite.Connection) -> int:
     async with conn.execute("SELECT COUNT(*) FROM outbox WHERE written_at IS NULL") as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def get(conn: aiosqlite.Connection, invocation_uri: str) -> OutboxItem | None:
+    async with conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE invocation_uri = ?", (invocation_uri,)) as cur:
+        r = await cur.fetchone()
+    return _item(r) if r else None
