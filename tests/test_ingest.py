@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from reactor import metrics
@@ -73,7 +74,7 @@ async def test_invocation_queued_once_across_reconnect_and_restart(atnet: TestNe
         await services.ingestion.stop()
         await services.ingestion.start()
         for sub in services.ingestion.subscriptions.values():
-            await eventually(lambda: _is_set(sub.connected), what="reconnected")
+            await asyncio.wait_for(sub.connected.wait(), 15)
         marker = await post_invocation(alice, runner.did, bundle, args={"marker": True})
 
         async def marker_seen():  # type: ignore[no-untyped-def]
@@ -89,10 +90,6 @@ async def test_invocation_queued_once_across_reconnect_and_restart(atnet: TestNe
         assert cursor and cursor > 0
     finally:
         await services.close()
-
-
-async def _is_set(event) -> bool:  # type: ignore[no-untyped-def]
-    return event.is_set()
 
 
 async def test_denied_author_is_recorded_with_a_result(atnet: TestNetwork, tmp_path: Path) -> None:

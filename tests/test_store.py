@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -47,7 +48,7 @@ async def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.M
     await (await Store.open(path)).close()
     broken = "CREATE TABLE half (id INTEGER); INSERT INTO missing_table VALUES (1)"
     monkeypatch.setattr("reactor.store.db.MIGRATIONS", [*migrations.MIGRATIONS, broken])
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await Store.open(path)
     async with aiosqlite.connect(path) as conn:
         async with conn.execute("PRAGMA user_version") as cur:
