@@ -167,3 +167,19 @@ async def test_too_big_commit_resyncs_the_repo(rig: Rig) -> None:
     await rig.processor.handle_frame(SOURCE, built.reframe(tooBig=True, blocks=b""))
     assert resynced == [(repo.did, "tooBig commit")]
     assert await rig.queued() == 0  # nothing was taken from an unverifiable frame
+
+
+async def test_live_events_wait_for_a_running_backfill_then_apply_in_order(rig: Rig) -> None:
+    repo = RepoBuilder()
+    await rig.trust(repo)
+    first, second = repo.commit([invocation(1)]), repo.commit([invocation(2)])
+    rig.processor.begin_backfill(repo.did)
+    await rig.processor.handle_frame(SOURCE, first.frame)
+    await rig.processor.handle_frame(SOURCE, second.frame)
+    assert await rig.queued() == 0  # held while the repo is being backfilled
+    await rig.processor.handle_frame(SOURCE, first.frame)  # a replay lands in the buffer too
+    await rig.processor.end_backfill(repo.did)
+    assert await rig.queued() == 2  # both applied, in order; the replayed first one is an old rev
+    third = repo.commit([invocation(3)])
+    await rig.processor.handle_frame(SOURCE, third.frame)  # no buffer any more: applied at once
+    assert await rig.queued() == 3

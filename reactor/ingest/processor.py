@@ -60,7 +60,7 @@ class EventProcessor:
         self.keys = KeyCache()
         self.resync = resync
         self.on_gap: Gap | None = None
-        self._backfilling: dict[str, list[CommitEvent]] = {}
+        self._backfilling: dict[str, list[tuple[CommitEvent, bool]]] = {}
         self._skipped: dict[str, bytes] = {}
         self._flushed_at: dict[str, float] = {}
         # Side collections: extra collections verified for one repo only (e.g. the follow
@@ -200,10 +200,13 @@ class EventProcessor:
     async def handle_commit(self, event: CommitEvent, cursor: Cursor | None, *, main: bool = True) -> None:
         buffer = self._backfilling.get(event.repo)
         if buffer is not None:
-            buffer.append(event)
+            buffer.append((event, main))
             if cursor is not None:
                 await self._cursor(cursor.source, cursor.seq)
             return
+        await self._apply_commit(event, cursor, main=main)
+
+    async def _apply_commit(self, event: CommitEvent, cursor: Cursor | None, *, main: bool) -> None:
         if await self._identity.status(event.repo) != "active":
             self._reject("inactive_account", did=event.repo)
             if cursor is not None:
@@ -238,9 +241,6 @@ class EventProcessor:
         identity = await self._identity.resolve(did, force=force)
         return self.keys.get(identity.signing_key or "")
 
-    async def key_for(self, did: str, *, force: bool = False) -> PublicKey:
-        return await self._key(did, force=force)
-
     # -- account and sync ------------------------------------------------------------------------
 
     async def _account(self, event: AccountEvent) -> None:
@@ -269,26 +269,17 @@ class EventProcessor:
         self._backfilling.setdefault(did, [])
 
     async def end_backfill(self, did: str) -> None:
-        """Apply live events that arrived during the backfill, in order; stale revs are skipped."""
-        while True:
-            buffered = self._backfilling.get(did, [])
-            if not buffered:
-                self._backfilling.pop(did, None)
-                return
-            event = buffered.pop(0)
-            self._backfilling.pop(did, None) if not buffered else None
+        """Apply live events that arrived during the backfill, in order; stale revs are skipped.
+
+        The buffer stays registered while it drains, so events arriving meanwhile queue behind it.
+        """
+        buffer = self._backfilling.get(did, [])
+        while buffer:
+            event, main = buffer.pop(0)
             try:
-                await self._replay(event)
+                await self._apply_commit(event, None, main=main)
             except SyncError as error:
                 self._reject(error.reason, did=did, error=str(error))
-            finally:
-                if buffered:
-                    self._backfilling[did] = buffered
-
-    async def _replay(self, event: CommitEvent) -> None:
-        saved = self._backfilling.pop(event.repo, None)
-        try:
-            await self.handle_commit(event, None)
-        finally:
-            if saved:
-                self._backfilling[event.repo] = saved
+            except IdentityError as error:
+                self._reject("unresolvable_identity", did=did, error=str(error))
+        self._backfilling.pop(did, None)
