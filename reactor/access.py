@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import structlog
+
 from reactor.config import AccessConfig
+
+log = structlog.get_logger(__name__)
 
 Source = Literal["follows", "allowlist", "blocklist"]
 
@@ -64,3 +68,18 @@ class AccessPolicy:
         if self.mode in ("open", "blocklist"):
             return len(self.blocklist)
         return len((self.allowlist | (self.follows if self.mode == "follows" else frozenset())) - self.blocklist)
+
+
+class PolicyBox:
+    """The runner's current policy. Readers call `get()`; a reload or follow change `set()`s a whole
+    new snapshot, so one check never sees half an update."""
+
+    def __init__(self, policy: AccessPolicy) -> None:
+        self._policy = policy
+
+    def get(self) -> AccessPolicy:
+        return self._policy
+
+    def set(self, policy: AccessPolicy) -> None:
+        self._policy = policy
+        log.info("access.policy", mode=policy.mode, size=policy.size)

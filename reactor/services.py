@@ -16,7 +16,7 @@ import asyncio
 from sandboxes import Executor, create_executor
 
 from reactor import __version__
-from reactor.access import AccessPolicy
+from reactor.access import AccessPolicy, PolicyBox
 from reactor.api.auth import ServiceAuth
 from reactor.api.context import ApiContext
 from reactor.api.quotas import QuotaLimits, Quotas
@@ -53,7 +53,7 @@ class Services:
     bundles: BundleCache
     intake: Intake
     ingestion: Ingestion
-    policy: AccessPolicy
+    access: PolicyBox
     executor: Executor
     calls: CallRunner
     dispatcher: Dispatcher
@@ -66,8 +66,9 @@ class Services:
     def runner_did(self) -> str:
         return self.config.did or NO_RUNNER_DID
 
-    def current_policy(self) -> AccessPolicy:
-        return self.policy
+    @property
+    def policy(self) -> AccessPolicy:
+        return self.access.get()
 
     def reload_access(self, access: AccessConfig) -> None:
         if access.mode == "follows" and self.follows is None:
@@ -76,18 +77,11 @@ class Services:
             log.warning("access.follows_of_need_restart", hint="a new follows_of takes effect on restart")
         mode_changed = access.mode != self.config.access.mode
         self.config = self.config.model_copy(update={"access": access})
-        self.set_policy(AccessPolicy.from_config(access, follows=self.policy.follows))
+        self.access.set(AccessPolicy.from_config(access, follows=self.policy.follows))
         if self.follows is not None:
             self.follows.kick()  # the blocklist may have changed: blocked accounts are not watched
         if mode_changed:  # the runner declaration advertises the access mode
             self.tasks.append(asyncio.create_task(self.declare(), name="declare"))
-
-    def set_follows(self, follows: frozenset[str]) -> None:
-        self.set_policy(self.policy.with_follows(follows))
-
-    def set_policy(self, policy: AccessPolicy) -> None:
-        self.policy = policy
-        log.info("access.policy", mode=policy.mode, size=policy.size)
 
     @classmethod
     async def open(cls, config: Config, *, dev: bool = False) -> "Services":
@@ -98,18 +92,17 @@ class Services:
         identity = IdentityResolver(store, config.atproto.plc_url, handle_services=handle_services)
         bundles = BundleCache(store, identity, xrpc, code_dir=config.bundles_dir,
                               max_blob_bytes=config.limits.max_blob_bytes)
-        policy = AccessPolicy.from_config(config.access)
+        access = PolicyBox(AccessPolicy.from_config(config.access))
         if config.did is None:
             log.warning("runner.no_did", hint="set `did` in config.toml: no invocation can be aimed at this runner")
-        holder: dict[str, Services] = {}
-        intake = Intake(config.did or NO_RUNNER_DID, keys, lambda: holder["s"].policy,
+        intake = Intake(config.did or NO_RUNNER_DID, keys, access.get,
                         max_output_bytes=config.limits.max_output_bytes)
         applier = Applier(store, bundles, intake)
         follow = config.atproto.follow if isinstance(config.atproto.follow, list) else []
         ingestion = Ingestion(store, identity, xrpc, applier, firehose=config.atproto.firehose, follow=follow)
         executor = create_executor(sandbox_settings(config, dev=dev))
         runner_did = config.did or NO_RUNNER_DID
-        calls = CallRunner(bundles, executor, keys, runner_did, lambda: holder["s"].policy, config.limits)
+        calls = CallRunner(bundles, executor, keys, runner_did, access.get, config.limits)
         runner_writer = RunnerRepoWriter.from_config(config, xrpc, keys)
         drain = OutboxDrain(store, GrantWriter(xrpc, identity, keys, runner_did), runner_writer)
         dispatcher = Dispatcher(store, calls, keys, runner_did, max_output_bytes=config.limits.output_bytes,
@@ -120,14 +113,13 @@ class Services:
         source = follow_source(config)
         if follows_needed(config) and source is not None:
             follows = Follows(store, identity, xrpc, ingestion, source, watch=config.atproto.follow == "follows",
-                              on_change=lambda subjects: holder["s"].set_follows(subjects),
-                              blocked=lambda: holder["s"].policy.blocklist)
+                              on_change=lambda subjects: access.set(access.get().with_follows(subjects)),
+                              blocked=lambda: access.get().blocklist)
         services = cls(config=config, dev=dev, store=store, keys=keys, xrpc=xrpc, identity=identity,
-                       bundles=bundles, intake=intake, ingestion=ingestion, policy=policy, executor=executor,
+                       bundles=bundles, intake=intake, ingestion=ingestion, access=access, executor=executor,
                        calls=calls, dispatcher=dispatcher, outbox=drain, runner_writer=runner_writer,
                        follows=follows)
         bundles.prewarm = services._prewarm
-        holder["s"] = services
         return services
 
     async def _prewarm(self, bundle: ReadyBundle) -> None:
