@@ -16,6 +16,7 @@ from atproto_identity.resolver import AsyncIdResolver
 
 from reactor.store import Store, identities
 from reactor.store.identities import Identity
+from reactor.xrpc import XrpcClient, XrpcError
 
 log = structlog.get_logger(__name__)
 
@@ -26,9 +27,10 @@ class IdentityError(Exception):
 
 class IdentityResolver:
     def __init__(self, store: Store, plc_url: str, *, ttl_s: float = 3600.0, timeout_s: float = 10.0,
-                 handle_services: list[str] | None = None) -> None:
+                 handle_services: list[str] | None = None, xrpc: XrpcClient | None = None) -> None:
         self._store = store
         self._handle_services = [s.rstrip("/") for s in handle_services or [] if s.startswith("http")]
+        self._xrpc = xrpc
         self._handles: dict[str, tuple[str, float]] = {}
         self._resolver = AsyncIdResolver(plc_url=plc_url.rstrip("/"), timeout=timeout_s)
         self._ttl_s = ttl_s
@@ -120,17 +122,14 @@ class IdentityResolver:
         if did:
             return did
         # Handles on a private PDS (and every handle in tests) resolve through that PDS.
-        async with httpx.AsyncClient(timeout=5) as http:
-            for service in self._handle_services:
-                try:
-                    response = await http.get(f"{service}/xrpc/com.atproto.identity.resolveHandle",
-                                              params={"handle": handle})
-                    if response.status_code == 200:
-                        value = response.json().get("did")
-                        if isinstance(value, str) and value.startswith("did:"):
-                            return value
-                except (httpx.HTTPError, ValueError):
-                    continue
+        for service in self._handle_services if self._xrpc is not None else []:
+            try:
+                answer = await self._xrpc.query(service, "com.atproto.identity.resolveHandle", {"handle": handle})
+            except (XrpcError, httpx.HTTPError):
+                continue
+            value = answer.get("did") if isinstance(answer, dict) else None
+            if isinstance(value, str) and value.startswith("did:"):
+                return value
         return None
 
     async def forget(self, did: str) -> None:

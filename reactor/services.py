@@ -89,7 +89,7 @@ class Services:
         store = await Store.open(config.store_path)
         xrpc = XrpcClient()
         handle_services = [u for u in (config.atproto.pds_url, config.atproto.firehose) if u]
-        identity = IdentityResolver(store, config.atproto.plc_url, handle_services=handle_services)
+        identity = IdentityResolver(store, config.atproto.plc_url, handle_services=handle_services, xrpc=xrpc)
         bundles = BundleCache(store, identity, xrpc, code_dir=config.bundles_dir,
                               max_blob_bytes=config.limits.max_blob_bytes)
         access = PolicyBox(AccessPolicy.from_config(config.access))

@@ -9,6 +9,7 @@ import pytest
 
 from reactor.identity import IdentityError, IdentityResolver
 from reactor.store import Store, identities
+from reactor.xrpc import XrpcClient
 from tests.atnet import TestNetwork
 
 
@@ -16,13 +17,15 @@ async def test_resolves_caches_and_confirms_handles(atnet: TestNetwork, tmp_path
     alice = await atnet.create_account("alice")
     store = await Store.open(tmp_path / "s.db")
     try:
-        resolver = IdentityResolver(store, atnet.plc_url, handle_services=[atnet.pds_url])
+        xrpc = XrpcClient()
+        resolver = IdentityResolver(store, atnet.plc_url, handle_services=[atnet.pds_url], xrpc=xrpc)
         identity = await resolver.resolve(alice.did)
         assert identity.handle == alice.handle and identity.pds == atnet.pds_url.rstrip("/")
         assert identity.signing_key and identity.signing_key.startswith("did:key:")
         async with store.read() as conn:
             assert await identities.get(conn, alice.did) == identity  # persisted for restarts
         assert await resolver.resolve_handle(alice.handle) == alice.did
+        await xrpc.aclose()
     finally:
         await store.close()
 
