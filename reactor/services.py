@@ -208,7 +208,9 @@ class Services:
             await self.follows.stop()
         await self.ingestion.stop()
         await self.dispatcher.stop(drain_timeout)
-        await _cancel_all(self.tasks)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.executor.drain(drain_timeout)
         await self.executor.shutdown()
         await self.xrpc.aclose()
@@ -235,15 +237,3 @@ class Services:
         summary = {k: stats[k] for k in ("backend", "instances", "busy", "starting", "maxInstances", "inflight")
                    if k in stats}
         return {"state": "closing" if stats.get("closing") else "ok", **summary}
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel and wait, cancelling again any task that swallowed it: on 3.11 `asyncio.wait_for`
-    returns normally when the awaited future completes just as the cancel arrives (e.g. a poll
-    loop's wake event set by the last result), and the loop would then run on forever."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    await asyncio.gather(*tasks, return_exceptions=True)
