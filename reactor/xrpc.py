@@ -11,6 +11,8 @@ from typing import Any, AsyncIterator
 
 import httpx
 
+from reactor.capped import OverLimit, collect_capped
+
 USER_AGENT = "at-rund"
 
 
@@ -54,17 +56,10 @@ class XrpcClient:
 
     async def _bytes(self, method: str, url: str, limit: int, **kwargs: Any) -> tuple[httpx.Response, bytes]:
         async with self._http.stream(method, url, **kwargs) as response:
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise TooLarge(limit)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(limit)
-                chunks.append(chunk)
-        body = b"".join(chunks)
+            try:
+                body = await collect_capped(response.aiter_bytes(), limit, response.headers.get("content-length"))
+            except OverLimit:
+                raise TooLarge(limit) from None
         _raise_for(response, body)
         return response, body
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from reactor.api.errors import payload_too_large
+from reactor.capped import OverLimit, collect_capped
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise payload_too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await collect_capped(request.stream(), limit, request.headers.get("content-length"))
+    except OverLimit:
+        raise payload_too_large(limit) from None
