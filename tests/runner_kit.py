@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-from reactor.config import Config, parse_config
-from reactor.keys import ensure_keys
+from reactor.access import AccessPolicy, PolicyBox
+from reactor.bundles import BundleCache
+from reactor.config import AccessConfig, Config, parse_config
+from reactor.identity import IdentityResolver
+from reactor.ingest.apply import Applier
+from reactor.ingest.processor import EventProcessor
+from reactor.ingest.service import COLLECTIONS
+from reactor.intake import Intake
+from reactor.keys import RunnerKeys, ensure_keys
 from reactor.records import now_datetime
 from reactor.services import Services
+from reactor.store import Store, identities
+from reactor.store.identities import Identity
+from reactor.xrpc import XrpcClient
 from tests.atnet import Account, TestNetwork
 
 T = TypeVar("T")
@@ -72,3 +83,29 @@ async def post_invocation(author: Account, runner: str, bundle: tuple[str, str],
               "args": args or {}, "createdAt": now_datetime()}
     ref = await author.create_record("dev.atrun.invocation", record)
     return ref.uri, ref.cid
+
+
+UNREACHABLE_PLC = "http://127.0.0.1:9"
+
+
+@asynccontextmanager
+async def offline_processor(tmp_path: Path, runner_did: str) -> AsyncIterator[tuple[Store, EventProcessor]]:
+    """A real store + processor whose PLC is unreachable: only identities a test `trust`s resolve."""
+    ensure_keys(tmp_path / "keys")
+    store = await Store.open(tmp_path / "s.db")
+    identity = IdentityResolver(store, UNREACHABLE_PLC, timeout_s=1)
+    xrpc = XrpcClient(timeout_s=1)
+    bundles = BundleCache(store, identity, xrpc, code_dir=tmp_path / "bundles", max_blob_bytes=1 << 20)
+    access = PolicyBox(AccessPolicy.from_config(AccessConfig()))
+    intake = Intake(runner_did, RunnerKeys.load(tmp_path / "keys"), access.get, max_output_bytes=4096)
+    try:
+        yield store, EventProcessor(store, identity, Applier(store, bundles, intake), collections=COLLECTIONS)
+    finally:
+        await xrpc.aclose()
+        await store.close()
+
+
+async def trust(store: Store, did: str, did_key: str) -> None:
+    """What a resolved DID document would have told us: the repo's signing key."""
+    async with store.transaction() as conn:
+        await identities.put(conn, Identity(did, None, UNREACHABLE_PLC, did_key, "active", time.time()))

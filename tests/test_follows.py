@@ -10,16 +10,10 @@ from typing import Any, AsyncIterator
 import pytest
 
 from reactor import metrics
-from reactor.access import AccessPolicy
-from reactor.bundles import BundleCache
-from reactor.config import AccessConfig, ConfigError, parse_config
+from reactor.config import ConfigError, parse_config
 from reactor.follows import FOLLOW, apply_ops, subject_of, subjects
-from reactor.identity import IdentityResolver
-from reactor.ingest.apply import Applier
 from reactor.ingest.processor import EventProcessor
-from reactor.ingest.service import COLLECTIONS
-from reactor.intake import Intake
-from reactor.keys import RunnerKeys, ensure_keys
+from reactor.keys import ensure_keys
 from reactor.records import now_datetime
 from reactor.store import Store, identities, invocations
 from reactor.store import follows as follow_store
@@ -28,13 +22,13 @@ from reactor.sync.keys import SigningKey
 from reactor.sync.testing import RepoBuilder, Write
 from reactor.sync.tid import make_tid
 from reactor.sync.verify import VerifiedRecord
-from reactor.xrpc import XrpcClient
 from tests.atnet import Account, TestNetwork
 from tests.helpers import run_cli
-from tests.runner_kit import eventually, post_invocation, publish_bundle, runner_config, start_runner
+from tests.runner_kit import (
+    UNREACHABLE_PLC, eventually, offline_processor, post_invocation, trust, publish_bundle, runner_config, start_runner,
+)
 
 A, B, C = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24, "did:plc:" + "c" * 24
-UNREACHABLE_PLC = "http://127.0.0.1:9"
 
 
 def op(action: str, rkey: str, subject: str | None = None) -> VerifiedRecord:
@@ -99,16 +93,8 @@ def test_config_follows_needs_a_source() -> None:
 
 @pytest.fixture
 async def processor(tmp_path: Path) -> AsyncIterator[tuple[Store, EventProcessor]]:
-    ensure_keys(tmp_path / "keys")
-    store = await Store.open(tmp_path / "s.db")
-    identity = IdentityResolver(store, UNREACHABLE_PLC, timeout_s=1)
-    xrpc = XrpcClient(timeout_s=1)
-    bundles = BundleCache(store, identity, xrpc, code_dir=tmp_path / "bundles", max_blob_bytes=1 << 20)
-    policy = AccessPolicy.from_config(AccessConfig())
-    intake = Intake(A, RunnerKeys.load(tmp_path / "keys"), lambda: policy, max_output_bytes=4096)
-    yield store, EventProcessor(store, identity, Applier(store, bundles, intake), collections=COLLECTIONS)
-    await xrpc.aclose()
-    await store.close()
+    async with offline_processor(tmp_path, A) as rig:
+        yield rig
 
 
 def follow_write(subject: str, n: int = 0) -> Write:
@@ -119,9 +105,7 @@ def follow_write(subject: str, n: int = 0) -> Write:
 async def test_only_the_source_repos_follow_commits_are_verified(processor: tuple[Store, EventProcessor]) -> None:
     store, proc = processor
     source, stranger = RepoBuilder(), RepoBuilder()
-    async with store.transaction() as conn:  # only the source's key is known; the PLC is unreachable
-        await identities.put(conn, Identity(source.did, "op.test", UNREACHABLE_PLC, source.did_key(),
-                                            "active", time.time()))
+    await trust(store, source.did, source.did_key())  # only the source's key is known; the PLC is unreachable
     seen: list[tuple[str, list[VerifiedRecord]]] = []
 
     async def handler(did: str, rev: str, records: list[VerifiedRecord]) -> None:

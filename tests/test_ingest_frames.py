@@ -10,26 +10,16 @@ import libipld
 import pytest
 
 from reactor import metrics
-from reactor.access import AccessPolicy
-from reactor.bundles import BundleCache
-from reactor.config import AccessConfig
-from reactor.identity import IdentityResolver
-from reactor.ingest.apply import Applier
 from reactor.ingest.processor import EventProcessor, SourceError
-from reactor.ingest.service import COLLECTIONS
-from reactor.intake import Intake
-from reactor.keys import RunnerKeys, ensure_keys
 from reactor.records import now_datetime
-from reactor.store import Store, cursors, identities, invocations
-from reactor.store.identities import Identity
+from reactor.store import Store, cursors, invocations
 from reactor.sync.keys import SigningKey
 from reactor.sync.testing import RepoBuilder, Write, error_frame, info_frame
 from reactor.sync.tid import make_tid
-from reactor.xrpc import XrpcClient
+from tests.runner_kit import offline_processor, trust
 
 RUNNER = "did:plc:runnerrunnerrunnerrunner"
 SOURCE = "wss://relay.test"
-UNREACHABLE_PLC = "http://127.0.0.1:9"
 
 
 class Rig:
@@ -38,10 +28,7 @@ class Rig:
         self.processor = processor
 
     async def trust(self, repo: RepoBuilder) -> None:
-        """What a resolved DID document would have told us: the repo's signing key."""
-        async with self.store.transaction() as conn:
-            await identities.put(conn, Identity(repo.did, "alice.test", "http://127.0.0.1:9", repo.did_key(),
-                                                "active", time.time()))
+        await trust(self.store, repo.did, repo.did_key())
 
     async def queued(self) -> int:
         async with self.store.read() as conn:
@@ -50,17 +37,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    ensure_keys(tmp_path / "keys")
-    store = await Store.open(tmp_path / "s.db")
-    identity = IdentityResolver(store, UNREACHABLE_PLC, timeout_s=1)
-    xrpc = XrpcClient(timeout_s=1)
-    bundles = BundleCache(store, identity, xrpc, code_dir=tmp_path / "bundles", max_blob_bytes=1 << 20)
-    policy = AccessPolicy.from_config(AccessConfig())
-    intake = Intake(RUNNER, RunnerKeys.load(tmp_path / "keys"), lambda: policy, max_output_bytes=4096)
-    processor = EventProcessor(store, identity, Applier(store, bundles, intake), collections=COLLECTIONS)
-    yield Rig(store, processor)
-    await xrpc.aclose()
-    await store.close()
+    async with offline_processor(tmp_path, RUNNER) as (store, processor):
+        yield Rig(store, processor)
 
 
 def invocation(n: int, runner: str = RUNNER) -> Write:
