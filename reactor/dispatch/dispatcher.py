@@ -8,7 +8,6 @@ row commit in one transaction, keyed by the invocation's at-uri.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Callable
 
@@ -43,9 +42,11 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._on_result = on_result
+        self._new_work = True
 
     def kick(self) -> None:
-        """New work was queued (or a slot freed): look again now instead of at the next poll."""
+        """New work was queued: read the queue now instead of at the next poll."""
+        self._new_work = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -54,23 +55,27 @@ class Dispatcher:
         if requeued:
             log.info("dispatch.requeued_after_restart", count=requeued)
         while self._accepting:
-            await self._fill()
+            if self._new_work:  # a freed slot alone needs no store read: its successors are in memory
+                self._new_work = False
+                await self._fill()
             for author, _, inv in self._queue.pop_ready():
                 task = asyncio.create_task(self._run_one(inv), name=f"invoke:{inv.uri}")
                 self._tasks.add(task)
                 task.add_done_callback(lambda t, a=author, u=inv.uri: self._finished(t, a, u))
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(POLL_S):
                     await self._wake.wait()
+            except TimeoutError:
+                self._new_work = True  # the poll is the safety net for anything queued without a kick
 
     def _finished(self, task: asyncio.Task[None], author: str, uri: str) -> None:
         self._tasks.discard(task)
         self._queue.done(author, uri)
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch.task_failed", uri=uri, error=repr(task.exception()))
-        self.kick()
+        self._wake.set()  # a slot is free
 
     async def _fill(self) -> None:
         room = 500 - self._queue.waiting
@@ -119,6 +124,7 @@ class Dispatcher:
             log.warning("dispatch.retry", attempts=attempts, error=error)
             async with self._store.transaction() as conn:
                 await invocations.transition(conn, inv.uri, from_states=["running"], to="queued", error=error)
+            self.kick()
             return
         log.error("dispatch.gave_up", attempts=attempts, error=error)
         outcome = Outcome("error", error=f"the sandbox failed {attempts} times: {error}", queued_ms=queued_ms)
