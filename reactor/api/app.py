@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,7 +18,6 @@ from reactor.api.errors import XrpcHttpError, from_http_status, internal_error
 from reactor.api.invoke import invoke
 from reactor.api.middleware import RequestContext
 
-log = structlog.get_logger(__name__)
 
 ANY = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 DESCRIBE_TTL_S = 5.0  # describe() lists runtimes from disk: not on every request
