@@ -29,7 +29,7 @@ def test_file_values_and_nested_env_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, 'did = "did:plc:abc"\nport = 4000\n[access]\nmode = "allowlist"\nallowlist = ["did:plc:x"]\n')
     config = load_config(path, env={
         "AT_RUND_PORT": "4100",
-        "AT_RUND_ATPROTO__PASSWORD": "123",
+        "AT_RUND_ATPROTO__PASSWORD": "app-pw-zq9x",
         "AT_RUND_ACCESS__BLOCKLIST": '["did:plc:bad"]',
     })
     assert config.did == "did:plc:abc"
@@ -37,8 +37,8 @@ def test_file_values_and_nested_env_overrides(tmp_path: Path) -> None:
     assert config.access.allowlist == ["did:plc:x"]
     assert config.access.blocklist == ["did:plc:bad"]
     assert config.atproto.password is not None
-    assert config.atproto.password.get_secret_value() == "123"
-    assert "123" not in repr(config)
+    assert config.atproto.password.get_secret_value() == "app-pw-zq9x"
+    assert "app-pw-zq9x" not in repr(config)
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
